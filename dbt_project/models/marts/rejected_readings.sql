@@ -1,0 +1,46 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key=['batch_id', 'batch_row'],
+        incremental_strategy='merge',
+        indexes=[
+            {'columns': ['batch_id', 'batch_row'], 'unique': true},
+            {'columns': ['loaded_at']},
+        ] if target.type == 'postgres' else [],
+    )
+}}
+{#- Quarantine: every reading that failed validation, with its values as loaded
+    (NaN shown as null: it means "missing") and machine-readable reasons. -#}
+with
+
+readings as (
+
+    select * from {{ ref('stg_raw__sensor_readings') }}
+
+),
+
+final as (
+
+    select
+        batch_id,
+        batch_row,
+        node_id,
+        reading_at as {{ adapter.quote('timestamp') }},
+        node_name,
+        flow_rate,
+        pressure,
+        temperature,
+        volume,
+        quality_score,
+        rejection_reasons,
+        loaded_at,
+        {{ dbt.current_timestamp() }} as rejected_at
+    from readings
+    where not is_valid
+    {% if is_incremental() %}
+        and loaded_at > (select coalesce(max(loaded_at), {{ utc_timestamp('1900-01-01 00:00:00+00') }}) from {{ this }})
+    {% endif %}
+
+)
+
+select * from final
