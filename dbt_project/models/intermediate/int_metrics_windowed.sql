@@ -250,50 +250,56 @@ selected_windows as (
 
 {% endif %}
 
-final as (
+scored as (
 
     select
-        selected_windows.node_id,
-        selected_windows.time_window,
-        selected_windows.window_start,
-        selected_windows.node_name,
-        {{ add_seconds('selected_windows.window_start', 'selected_windows.window_seconds') }} as window_end,
-        cast(selected_windows.reading_count as integer) as reading_count,
-        cast(selected_windows.flow_rate_count as integer) as flow_rate_count,
-        selected_windows.flow_rate_sum / nullif(selected_windows.flow_rate_count, 0) as avg_flow_rate,
-        selected_windows.min_flow_rate,
-        selected_windows.max_flow_rate,
-        cast(selected_windows.pressure_count as integer) as pressure_count,
-        selected_windows.pressure_sum / nullif(selected_windows.pressure_count, 0) as avg_pressure,
-        selected_windows.min_pressure,
-        selected_windows.max_pressure,
-        cast(selected_windows.temperature_count as integer) as temperature_count,
-        selected_windows.temperature_sum / nullif(selected_windows.temperature_count, 0) as avg_temperature,
-        selected_windows.min_temperature,
-        selected_windows.max_temperature,
-        cast(selected_windows.volume_reading_count as integer) as volume_reading_count,
-        case
-            when selected_windows.volume_delta_count > 0 then selected_windows.volume_delta_sum
-        end as total_volume,
-        cast(selected_windows.window_seconds / coalesce(nodes.expected_cadence_s, {{ var('default_expected_cadence_s') }}) as integer)
-            as expected_reading_count,
-        selected_windows.sensor_quality_sum / nullif(selected_windows.sensor_quality_count, 0) as avg_sensor_quality,
+        selected_windows.*,
+        coalesce(nodes.expected_cadence_s, {{ var('default_expected_cadence_s') }}) as expected_cadence_s,
+        selected_windows.sensor_quality_sum / nullif(selected_windows.sensor_quality_count, 0)
+            as avg_sensor_quality,
         least(
             1.0,
             1.0 * selected_windows.reading_count
-                * coalesce(nodes.expected_cadence_s, {{ var('default_expected_cadence_s') }})
-                / selected_windows.window_seconds
-        ) * coalesce(
-            selected_windows.sensor_quality_sum / nullif(selected_windows.sensor_quality_count, 0),
-            1.0
-        ) as quality_score,
-        selected_windows.first_reading_at,
-        selected_windows.last_reading_at,
-        selected_windows.last_loaded_at,
-        {{ dbt.current_timestamp() }} as computed_at
+            * coalesce(nodes.expected_cadence_s, {{ var('default_expected_cadence_s') }})
+            / selected_windows.window_seconds
+        ) as completeness
     from selected_windows
     left join nodes
         on selected_windows.node_id = nodes.node_id
+
+),
+
+final as (
+
+    select
+        node_id,
+        time_window,
+        window_start,
+        node_name,
+        {{ add_seconds('window_start', 'window_seconds') }} as window_end,
+        cast(reading_count as integer) as reading_count,
+        cast(flow_rate_count as integer) as flow_rate_count,
+        flow_rate_sum / nullif(flow_rate_count, 0) as avg_flow_rate,
+        min_flow_rate,
+        max_flow_rate,
+        cast(pressure_count as integer) as pressure_count,
+        pressure_sum / nullif(pressure_count, 0) as avg_pressure,
+        min_pressure,
+        max_pressure,
+        cast(temperature_count as integer) as temperature_count,
+        temperature_sum / nullif(temperature_count, 0) as avg_temperature,
+        min_temperature,
+        max_temperature,
+        cast(volume_reading_count as integer) as volume_reading_count,
+        case when volume_delta_count > 0 then volume_delta_sum end as total_volume,
+        cast(window_seconds / expected_cadence_s as integer) as expected_reading_count,
+        avg_sensor_quality,
+        {{ round_double('completeness * coalesce(avg_sensor_quality, 1.0)', 6) }} as quality_score,
+        first_reading_at,
+        last_reading_at,
+        last_loaded_at,
+        {{ dbt.current_timestamp() }} as computed_at
+    from scored
 
 )
 

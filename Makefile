@@ -1,0 +1,43 @@
+# water-infrastructure: `make demo` and `make test` are the two commands a newcomer needs.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+DBT_DIR := dbt_project
+export DBT_PROFILES_DIR := $(CURDIR)
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo test test-fast lint format docs bench clean
+
+$(STAMP):
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install the pinned stack
+
+demo: install  ## generate a network, load it, run a cycle on DuckDB
+	$(BIN)/water demo
+
+test: install  ## the whole suite (needs PostgreSQL and Redis on 127.0.0.1)
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+docs: install  ## build the dbt docs site and serve it on http://127.0.0.1:8080
+	cd $(DBT_DIR) && ../$(BIN)/dbt docs generate && ../$(BIN)/dbt docs serve --host 127.0.0.1 --port 8080 --no-browser
+
+bench: install  ## the benchmarks (minutes; see README "Performance")
+	$(BIN)/python benchmarks/backfill.py
+
+clean:
+	rm -rf $(DBT_DIR)/target $(DBT_DIR)/logs data/warehouse.duckdb data/landing
