@@ -80,11 +80,34 @@ def main(verbose: bool) -> None:
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--start-date", callback=_parse_date, help="First day to load (UTC, inclusive).")
 @click.option("--end-date", callback=_parse_date, help="Last day to load (UTC, inclusive).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Rows per extraction page (bigquery).")
-@click.option("--nodes", type=click.IntRange(min=1), default=20, show_default=True, help="synthetic: number of nodes.")
-@click.option("--days", type=click.FloatRange(min=0.01), default=7.0, show_default=True, help="synthetic: days of data.")
-@click.option("--cadence", type=click.IntRange(min=1), default=60, show_default=True, help="synthetic: seconds between readings.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Rows per extraction page (bigquery).",
+)
+@click.option(
+    "--nodes",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="synthetic: number of nodes.",
+)
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0.01),
+    default=7.0,
+    show_default=True,
+    help="synthetic: days of data.",
+)
+@click.option(
+    "--cadence",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    help="synthetic: seconds between readings.",
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="synthetic: random seed.")
 @target_option
 @command
@@ -100,12 +123,20 @@ def load(sources, start_date, end_date, batch_size, nodes, days, cadence, seed, 
         synthetic = SyntheticConfig(nodes=nodes, days=days, cadence_s=cadence, seed=seed)
     target = _target(target_name)
     with connect(target) as wh:
-        results = load_source(wh, list(sources), start_date, end_date, batch_size=batch_size,
-                              synthetic_config=synthetic)
+        results = load_source(
+            wh,
+            list(sources),
+            start_date,
+            end_date,
+            batch_size=batch_size,
+            synthetic_config=synthetic,
+        )
     loaded = sum(r.rows for r in results)
     for r in results:
-        click.echo(f"{'skipped' if r.skipped else 'loaded '} {r.rows:>12,} rows  {r.source_uri}"
-                   f"{'  (' + r.note + ')' if r.note else ''}")
+        click.echo(
+            f"{'skipped' if r.skipped else 'loaded '} {r.rows:>12,} rows  {r.source_uri}"
+            f"{'  (' + r.note + ')' if r.note else ''}"
+        )
     click.echo(f"{loaded:,} new raw row(s) in {target.describe()}")
 
 
@@ -121,8 +152,10 @@ def nodes(file, target_name):
     target = _target(target_name)
     with connect(target) as wh:
         result = register_node_file(wh, file)
-    click.echo(f"{result.inserted} node(s) registered, {result.updated} updated "
-               f"({', '.join(result.columns)}) in {target.describe()}")
+    click.echo(
+        f"{result.inserted} node(s) registered, {result.updated} updated "
+        f"({', '.join(result.columns)}) in {target.describe()}"
+    )
 
 
 @main.command()
@@ -135,7 +168,9 @@ def cycle(target_name):
     target = _target(target_name)
     result = run_cycle(target)
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.step_seconds.items())
-    click.echo(f"cycle {result.cycle_id} completed on {target.describe()} in {result.duration_seconds:.1f}s ({steps})")
+    click.echo(
+        f"cycle {result.cycle_id} completed on {target.describe()} in {result.duration_seconds:.1f}s ({steps})"
+    )
 
 
 @main.command()

@@ -64,7 +64,9 @@ def dbt_args(command: str, extra: Sequence[str] = ()) -> list[str]:
     ]
 
 
-def run_dbt(target: Target, command: str, extra: Sequence[str] = (), raise_on_failure: bool = True) -> DbtOutcome:
+def run_dbt(
+    target: Target, command: str, extra: Sequence[str] = (), raise_on_failure: bool = True
+) -> DbtOutcome:
     """Invoke `dbt <command>` in this process against `target`."""
     from dbt.cli.main import dbtRunner
 

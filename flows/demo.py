@@ -11,16 +11,26 @@ from flows.status import collect_status, format_status
 from flows.warehouse import connect
 
 
-def run_demo(target: Target, nodes: int = 24, days: float = 14.0, seed: int = 7, echo: Callable[[str], None] = print) -> None:
+def run_demo(
+    target: Target,
+    nodes: int = 24,
+    days: float = 14.0,
+    seed: int = 7,
+    echo: Callable[[str], None] = print,
+) -> None:
     from flows.loaders.synthetic import SyntheticConfig, node_metadata
 
     config = SyntheticConfig(nodes=nodes, days=days, seed=seed, bad_rows=25)
-    echo(f"1/3 generating {nodes} nodes x {days:g} days of 1-minute readings and loading them into {target.describe()}")
+    echo(
+        f"1/3 generating {nodes} nodes x {days:g} days of 1-minute readings and loading them into {target.describe()}"
+    )
     with connect(target) as wh:
         results, registered = load_synthetic(wh, config)
     rows = sum(r.rows for r in results)
     districts = node_metadata(config)["district"].nunique()
-    echo(f"    {rows:,} new rows; {registered.inserted + registered.updated} nodes in {districts} districts registered")
+    echo(
+        f"    {rows:,} new rows; {registered.inserted + registered.updated} nodes in {districts} districts registered"
+    )
     echo("2/3 running a processing cycle (dbt build)")
     cycle = run_cycle(target)
     echo(f"    cycle {cycle.cycle_id} done in {cycle.duration_seconds:.1f}s")
@@ -28,6 +38,6 @@ def run_demo(target: Target, nodes: int = 24, days: float = 14.0, seed: int = 7,
     echo(format_status(collect_status(target)))
     if target.type == "duckdb":
         echo(
-            f"\nExplore: duckdb {target.duckdb_path} \"select * from water_infrastructure.computed_metrics limit 5\"\n"
+            f"\nExplore: open {target.duckdb_path} with duckdb; tables are in schema water_infrastructure\n"
             "Docs:    make docs   (dbt lineage on http://127.0.0.1:8080)"
         )

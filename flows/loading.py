@@ -19,14 +19,16 @@ LANDING_DIR = PROJECT_ROOT / "data" / "landing"
 def load_synthetic(
     wh: Warehouse,
     config,
-    dates: DateRange = DateRange(),
+    dates: DateRange | None = None,
     progress: bool = True,
     landing_dir: Path = LANDING_DIR,
 ) -> tuple[list[LoadResult], NodesResult]:
     """Generate a network as Parquet (deterministic, so a re-run is a no-op) and load it."""
     from flows.loaders.synthetic import node_metadata, write_parquet
 
-    key = hashlib.sha256(json.dumps(asdict(config), default=str, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(asdict(config), default=str, sort_keys=True).encode()
+    ).hexdigest()[:16]
     landing_dir.mkdir(parents=True, exist_ok=True)
     path = landing_dir / f"synthetic-{key}.parquet"
     if not path.exists():
@@ -34,7 +36,9 @@ def load_synthetic(
         write_parquet(config, partial, progress=progress)
         partial.replace(path)
     nodes = upsert_nodes(wh, node_metadata(config))
-    return load_files(wh, [str(path)], dates, progress=progress, source="synthetic"), nodes
+    return load_files(
+        wh, [str(path)], dates or DateRange(), progress=progress, source="synthetic"
+    ), nodes
 
 
 def load_source(

@@ -38,13 +38,19 @@ def read_node_file(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise NodeFileError(f"{path}: not a readable CSV file ({' '.join(str(exc).split())[:160]})") from exc
+        raise NodeFileError(
+            f"{path}: not a readable CSV file ({' '.join(str(exc).split())[:160]})"
+        ) from exc
     frame.columns = [c.strip().lower() for c in frame.columns]
     if "node_id" not in frame.columns:
-        raise NodeFileError(f"{path}: missing required column node_id; known columns: {', '.join(NODE_COLUMNS)}")
+        raise NodeFileError(
+            f"{path}: missing required column node_id; known columns: {', '.join(NODE_COLUMNS)}"
+        )
     unknown = [c for c in frame.columns if c not in NODE_COLUMNS]
     if unknown:
-        raise NodeFileError(f"{path}: unknown column(s) {', '.join(unknown)}; known columns: {', '.join(NODE_COLUMNS)}")
+        raise NodeFileError(
+            f"{path}: unknown column(s) {', '.join(unknown)}; known columns: {', '.join(NODE_COLUMNS)}"
+        )
     if frame.empty:
         raise NodeFileError(f"{path}: the file has a header but no rows")
 
@@ -55,7 +61,9 @@ def read_node_file(path: Path) -> pd.DataFrame:
     duplicated = typed["node_id"].duplicated(keep=False)
     if duplicated.any():
         first = int(duplicated.to_numpy().nonzero()[0][0])
-        raise NodeFileError(f"{path}: row {first + 2}, column node_id: {typed['node_id'].iloc[first]!r} appears more than once")
+        raise NodeFileError(
+            f"{path}: row {first + 2}, column node_id: {typed['node_id'].iloc[first]!r} appears more than once"
+        )
     return typed
 
 
@@ -84,10 +92,18 @@ def _convert(path: Path, line: int, column: str, raw: str):
                 return False
             raise ValueError
     except ValueError:
-        expected = {"double": "a finite number", "integer": "a positive whole number", "boolean": "true or false"}[kind]
-        raise NodeFileError(f"{path}: row {line}, column {column}: cannot read {text[:40]!r} as {expected}") from None
+        expected = {
+            "double": "a finite number",
+            "integer": "a positive whole number",
+            "boolean": "true or false",
+        }[kind]
+        raise NodeFileError(
+            f"{path}: row {line}, column {column}: cannot read {text[:40]!r} as {expected}"
+        ) from None
     if column == "balance_role" and text.lower() not in BALANCE_ROLES:
-        raise NodeFileError(f"{path}: row {line}, column balance_role: {text!r} is not one of {', '.join(BALANCE_ROLES)}")
+        raise NodeFileError(
+            f"{path}: row {line}, column balance_role: {text!r} is not one of {', '.join(BALANCE_ROLES)}"
+        )
     return text.lower() if column == "balance_role" else text
 
 

@@ -31,30 +31,39 @@ def _collect(wh: Warehouse, target: Target) -> Status:
     status = Status(target=target.describe())
     if wh.relation_exists("raw", "sensor_readings"):
         status.raw_rows = wh.scalar("select count(*) from raw.sensor_readings")
-        status.batches, status.last_loaded_at = wh.query("select count(*), max(loaded_at) from raw.load_batches")[0]
+        status.batches, status.last_loaded_at = wh.query(
+            "select count(*), max(loaded_at) from raw.load_batches"
+        )[0]
     if not wh.relation_exists(PUBLISHED_SCHEMA, "computed_metrics"):
         return status
     status.built = True
-    status.rejected_rows = wh.scalar(f"select count(*) from {PUBLISHED_SCHEMA}.rejected_readings")
+    status.rejected_rows = wh.scalar("select count(*) from water_infrastructure.rejected_readings")
     for window, rows, nodes, latest in wh.query(
-        f"select time_window, count(*), count(distinct node_id), max(window_end)"
-        f" from {PUBLISHED_SCHEMA}.computed_metrics group by time_window order by min(window_end - window_start)"
+        "select time_window, count(*), count(distinct node_id), max(window_end)"
+        " from water_infrastructure.computed_metrics group by time_window order by min(window_end - window_start)"
     ):
         status.windows[window] = {"rows": rows, "nodes": nodes, "latest_window_end": latest}
-    status.nodes_total = wh.scalar(f"select count(*) from {PUBLISHED_SCHEMA}.nodes")
+    status.nodes_total = wh.scalar("select count(*) from water_infrastructure.nodes")
     status.nodes_without_metadata = [
-        r[0] for r in wh.query(f"select node_id from {PUBLISHED_SCHEMA}.nodes where not has_metadata order by node_id")
+        r[0]
+        for r in wh.query(
+            "select node_id from water_infrastructure.nodes where not has_metadata order by node_id"
+        )
     ]
     return status
 
 
 def format_status(status: Status) -> str:
     lines = [f"target            {status.target}"]
-    lines.append(f"raw readings      {status.raw_rows:,} in {status.batches} batch(es); last load {status.last_loaded_at or '-'}")
+    lines.append(
+        f"raw readings      {status.raw_rows:,} in {status.batches} batch(es); last load {status.last_loaded_at or '-'}"
+    )
     if not status.built:
         lines.append("published tables  not built yet: run `water cycle`")
         return "\n".join(lines)
-    lines.append(f"rejected          {status.rejected_rows:,} reading(s) in {PUBLISHED_SCHEMA}.rejected_readings")
+    lines.append(
+        f"rejected          {status.rejected_rows:,} reading(s) in water_infrastructure.rejected_readings"
+    )
     for window, info in status.windows.items():
         lines.append(
             f"computed_metrics  {window:<6} {info['rows']:>10,} rows  {info['nodes']:>5} nodes  up to {info['latest_window_end']}"
@@ -63,5 +72,7 @@ def format_status(status: Status) -> str:
     if status.nodes_without_metadata:
         shown = ", ".join(status.nodes_without_metadata[:10])
         more = len(status.nodes_without_metadata) - 10
-        lines.append(f"  without metadata ({len(status.nodes_without_metadata)}): {shown}{f' (+{more} more)' if more > 0 else ''}")
+        lines.append(
+            f"  without metadata ({len(status.nodes_without_metadata)}): {shown}{f' (+{more} more)' if more > 0 else ''}"
+        )
     return "\n".join(lines)
