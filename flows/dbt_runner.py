@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT, Target
 
@@ -52,8 +53,8 @@ def dbt_environment(target: Target) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def dbt_args(command: str, extra: Sequence[str] = ()) -> list[str]:
-    return [
+def dbt_args(command: str, target: Target, extra: Sequence[str] = ()) -> list[str]:
+    args = [
         command,
         "--project-dir",
         str(DBT_PROJECT_DIR),
@@ -62,6 +63,12 @@ def dbt_args(command: str, extra: Sequence[str] = ()) -> list[str]:
         "--quiet" if command != "docs" else "--no-quiet",
         *extra,
     ]
+    # Separate dbt artefact folders per target keep partial parsing warm when a process
+    # (the test suite, a benchmark) alternates between targets.
+    root = os.environ.get("WATER_DBT_TARGET_ROOT")
+    if root:
+        args += ["--target-path", str(Path(root) / target.name)]
+    return args
 
 
 def run_dbt(
@@ -71,7 +78,7 @@ def run_dbt(
     from dbt.cli.main import dbtRunner
 
     with dbt_environment(target):
-        result = dbtRunner().invoke(dbt_args(command, extra))
+        result = dbtRunner().invoke(dbt_args(command, target, extra))
     outcome = DbtOutcome(success=bool(result.success))
     if result.exception is not None:
         outcome.failures.append(f"dbt {command}: {_first_line(result.exception)}")
