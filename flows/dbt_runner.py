@@ -90,7 +90,7 @@ def run_dbt(
         if isinstance(adapter_response, dict) and adapter_response.get("rows_affected") is not None:
             outcome.rows_affected[name] = int(adapter_response["rows_affected"])
         if status in ("error", "fail", "runtime error"):
-            message = _first_line(getattr(node_result, "message", "") or status)
+            message = " ".join(str(getattr(node_result, "message", "") or status).split())[:400]
             outcome.failures.append(f"{name}: {message}")
     if raise_on_failure and not outcome.success:
         detail = "; ".join(outcome.failures) or "see dbt logs in dbt_project/logs"

@@ -67,4 +67,5 @@ def duckdb_target(tmp_path: Path) -> Target:
 @pytest.fixture(params=["duckdb", "postgres"])
 def target(request) -> Target:
     """Run the test once per engine."""
-    return request.getfixturevalue(f"{request.param}_target")
+    fixture = {"duckdb": "duckdb_target", "postgres": "pg_target"}[request.param]
+    return request.getfixturevalue(fixture)

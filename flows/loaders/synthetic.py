@@ -448,7 +448,9 @@ def _layout(nodes: int, seed: int) -> tuple[tuple[_Node, ...], tuple[_District, 
                 nd.name = f"{dname} Inlet {'AB'[k - 1]}"
                 nd.node_type = "bulk_meter"
                 temp = idx == 0 or rng.random() < 0.5
-                nd.has = frozenset({"flow_rate", "pressure", "volume"} | ({"temperature"} if temp else set()))
+                nd.has = frozenset(
+                    {"flow_rate", "pressure", "volume"} | ({"temperature"} if temp else set())
+                )
                 nd.head = float(rng.uniform(4.5, 6.0))
                 nd.loss_frac = float(rng.uniform(0.04, 0.1))
                 nd.bidirectional = k == 2 and rng.random() < 0.5
@@ -509,7 +511,9 @@ def _layout(nodes: int, seed: int) -> tuple[tuple[_Node, ...], tuple[_District, 
 
 def _district_demand(dist: _District, nodes: tuple[_Node, ...]) -> float:
     """Nominal mean demand of a district (L/s)."""
-    return dist.hidden_scale + sum(nodes[i].scale for i in dist.nodes if nodes[i].role == "consumption")
+    return dist.hidden_scale + sum(
+        nodes[i].scale for i in dist.nodes if nodes[i].role == "consumption"
+    )
 
 
 def _district_total(dist: _District, nodes: tuple[_Node, ...]) -> float:
@@ -595,8 +599,18 @@ def _raw_profile(cls: str, h: np.ndarray, dow: np.ndarray) -> np.ndarray:
     weekday = dow < 5
     saturday = dow == 5
     if cls == "residential":
-        wd = 0.25 + 1.25 * _bump(h, 7.25, 1.1) + 0.55 * _bump(h, 12.5, 2.0) + 0.95 * _bump(h, 20.0, 1.7)
-        we = 0.28 + 0.95 * _bump(h, 9.5, 1.8) + 0.75 * _bump(h, 13.0, 2.2) + 0.85 * _bump(h, 20.0, 1.9)
+        wd = (
+            0.25
+            + 1.25 * _bump(h, 7.25, 1.1)
+            + 0.55 * _bump(h, 12.5, 2.0)
+            + 0.95 * _bump(h, 20.0, 1.7)
+        )
+        we = (
+            0.28
+            + 0.95 * _bump(h, 9.5, 1.8)
+            + 0.75 * _bump(h, 13.0, 2.2)
+            + 0.85 * _bump(h, 20.0, 1.9)
+        )
         return np.where(weekday, wd, we)
     if cls == "commercial":
         wd = 0.12 + 1.0 * _plateau(h, 7.5, 19.0, 0.5) + 0.25 * _bump(h, 12.5, 1.5)
@@ -674,9 +688,7 @@ class _Grid:
 
 def _demand(grid: _Grid, rng: np.random.Generator, cls: str, scale: float) -> np.ndarray:
     noise = (
-        grid.smooth(rng, 86400, 0.05)
-        + grid.smooth(rng, 7200, 0.07)
-        + grid.smooth(rng, 900, 0.05)
+        grid.smooth(rng, 86400, 0.05) + grid.smooth(rng, 7200, 0.07) + grid.smooth(rng, 900, 0.05)
     )
     white = 1.0 + 0.06 * rng.standard_normal(grid.n)
     q = scale * grid.profile(cls) * np.exp(noise) * white
@@ -827,7 +839,9 @@ def _validate_faults(
     for f in config.faults:
         if f.kind == "leak":
             if f.target not in names:
-                raise ValueError(f"leak target must be a district ({sorted(names)}), got {f.target!r}")
+                raise ValueError(
+                    f"leak target must be a district ({sorted(names)}), got {f.target!r}"
+                )
             continue
         nd = by_id.get(f.target)
         if nd is None:
@@ -839,7 +853,9 @@ def _validate_faults(
             "totaliser_backwards": "volume",
         }.get(f.kind)
         if required and required not in nd.has:
-            raise ValueError(f"{f.kind} needs a node with {required}; {f.target} has {sorted(nd.has)}")
+            raise ValueError(
+                f"{f.kind} needs a node with {required}; {f.target} has {sorted(nd.has)}"
+            )
 
 
 def iter_batches(config: SyntheticConfig) -> Iterator[pa.RecordBatch]:

@@ -209,7 +209,7 @@ touched_points as (
 
     union all
 
-    {#- A new reading changes the totaliser delta of the next reading after it. -#}
+    -- a new reading changes the totaliser delta of the next reading after it
     select node_id, next_volume_reading_at as touched_at
     from with_volume_deltas
     where is_new and next_volume_reading_at is not null
