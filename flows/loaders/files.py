@@ -10,10 +10,12 @@ are quarantined by staging, so nothing readable is ever lost.
 
 from __future__ import annotations
 
+import csv
 import glob
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -101,7 +103,7 @@ def file_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    if suffix in (".csv", ".txt") or path.name.lower().endswith(".csv.gz"):
+    if suffix == ".csv":
         return "csv"
     raise LoadError(
         f"{path}: unsupported file type {suffix or '(none)'}; expected .parquet or .csv"
@@ -209,10 +211,14 @@ def _prepare(
     if fmt == "parquet":
         reader = f"select *, file_row_number + 1 as _water_row from read_parquet({literal}, file_row_number = true)"
     else:
-        # all_varchar keeps the file's text so a bad value is reported, not guessed around.
+        # Columns come from the header, every value is read as text (so a bad value is
+        # reported, not guessed around) and a row with a different field count fails.
+        header = _csv_header(path)
+        columns = ", ".join(f"'{name.replace(chr(39), chr(39) * 2)}': 'VARCHAR'" for name in header)
         reader = (
             f"select *, row_number() over () as _water_row from read_csv({literal}, header = true,"
-            " all_varchar = true, strict_mode = true)"
+            f" auto_detect = false, delim = ',', quote = '\"', escape = '\"', columns = {{{columns}}},"
+            " strict_mode = true, null_padding = false)"
         )
     try:
         con.execute(f"create or replace temp view _water_load_src as {reader}")
@@ -281,7 +287,9 @@ def _prepare(
     try:
         stats = con.execute(stats_sql).fetchall()[0]
     except duckdb.Error as exc:
-        raise LoadError(f"{path}: cannot read the file ({_short(exc)})") from exc
+        raise LoadError(
+            f"{path}: not a readable {'Parquet' if fmt == 'parquet' else 'CSV'} file ({_short(exc)})"
+        ) from exc
     for (column, name, _), bad_row in zip(checks, stats[:-1], strict=True):
         if bad_row is not None:
             value = con.execute(
@@ -298,6 +306,21 @@ def _prepare(
     except duckdb.Error as exc:
         raise LoadError(f"{path}: cannot convert the file ({_short(exc)})") from exc
     return typed_sql, count, (min_ts, max_ts)
+
+
+def _csv_header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), None)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise LoadError(f"{path}: not a readable CSV file ({_short(exc)})") from exc
+    if not header or not any(name.strip() for name in header):
+        raise LoadError(f"{path}: the first line holds no column names")
+    lowered = [name.strip().lower() for name in header]
+    for name in lowered:
+        if lowered.count(name) > 1:
+            raise LoadError(f"{path}: column {name!r} appears twice")
+    return header
 
 
 def _typed(column: str, src: str, col_type: str, path: Path) -> tuple[str, str | None]:
@@ -367,4 +390,13 @@ def _q(name: str) -> str:
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]
+    """The informative part of a DuckDB reader error, on one line."""
+    text = str(exc)
+    csv_line = re.search(r"CSV Error on Line: (\d+)", text)
+    columns = re.search(r"Expected Number of Columns: (\d+) Found: (\d+)", text)
+    if csv_line and columns:
+        return (
+            f"line {csv_line.group(1)} has {columns.group(2)} fields, the header {columns.group(1)}"
+        )
+    text = text.split("Possible fixes:")[0]
+    return " ".join(text.split())[:200]

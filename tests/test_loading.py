@@ -1,0 +1,269 @@
+"""Loading raw files: whole file or nothing, one-line errors, idempotent re-loads, bulk paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from flows.config import ConfigError
+from flows.cycle import run_cycle
+from flows.loaders.bigquery import build_extract_query, extraction_end, extraction_start, table_path
+from flows.loaders.files import DateRange, LoadError, load_files
+from flows.nodes import NodeFileError, register_node_file
+from flows.raw_store import ensure_raw_tables
+from flows.warehouse import connect
+
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def _frame(rows: int = 10, node: str = "N1") -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "timestamp": [T0 + timedelta(minutes=i) for i in range(rows)],
+            "node_id": node,
+            "node_name": f"{node} meter",
+            "flow_rate": [1.5 + i for i in range(rows)],
+            "pressure": 4.2,
+            "temperature": 11.0,
+            "volume": [100.0 + i for i in range(rows)],
+            "quality_score": 0.98,
+        }
+    )
+
+
+def _raw_count(target) -> int:
+    with connect(target) as wh:
+        ensure_raw_tables(wh)
+        return wh.scalar("select count(*) from raw.sensor_readings")
+
+
+def test_parquet_and_csv_load_with_batch_ids_and_are_idempotent(target, tmp_path):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    _frame(10).to_parquet(landing / "a.parquet", index=False)
+    _frame(5, "N2").to_csv(landing / "b.csv", index=False)
+    with connect(target) as wh:
+        first = load_files(wh, [str(landing / "*")], progress=False)
+        again = load_files(wh, [str(landing / "a.parquet"), str(landing / "b.csv")], progress=False)
+        rows = wh.query(
+            "select batch_id, count(*), min(batch_row), max(batch_row), count(distinct loaded_at)"
+            " from raw.sensor_readings group by batch_id order by 2 desc"
+        )
+    assert [r.rows for r in first] == [10, 5]
+    assert all(r.skipped for r in again) and sum(r.rows for r in again) == 0
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [(10, 1, 10, 1), (5, 1, 5, 1)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.csv", "", "the file is empty"),
+        ("header.csv", "timestamp,node_id,flow_rate\n", "header but no rows"),
+        (
+            "nokey.csv",
+            "timestamp,flow_rate\n2024-05-01T00:00:00Z,1\n",
+            "missing required column(s) node_id",
+        ),
+        (
+            "nomeasure.csv",
+            "timestamp,node_id\n2024-05-01T00:00:00Z,N1\n",
+            "none of the measurement columns",
+        ),
+        (
+            "badts.csv",
+            "timestamp,node_id,flow_rate\n2024-05-01T00:00:00Z,N1,1\nyesterday,N1,2\n",
+            "row 2, column timestamp: cannot read 'yesterday' as a timestamp",
+        ),
+        (
+            "badnum.csv",
+            "timestamp,node_id,flow_rate,pressure\n2024-05-01T00:00:00Z,N1,1,4\n2024-05-01T00:01:00Z,N1,1,four\n",
+            "row 2, column pressure: cannot read 'four' as a number",
+        ),
+        (
+            "ragged.csv",
+            "timestamp,node_id,flow_rate\n2024-05-01T00:00:00Z,N1,1,9,9\n",
+            "not a readable CSV file",
+        ),
+        (
+            "twice.csv",
+            "timestamp,node_id,flow_rate,Flow_Rate\n2024-05-01T00:00:00Z,N1,1,2\n",
+            "appears twice",
+        ),
+    ],
+)
+def test_bad_csv_files_are_refused_whole_with_one_line(target, tmp_path, name, content, message):
+    _frame(3).to_parquet(tmp_path / "good.parquet", index=False)
+    (tmp_path / name).write_text(content)
+    with connect(target) as wh:
+        load_files(wh, [str(tmp_path / "good.parquet")], progress=False)
+        with pytest.raises(LoadError) as caught:
+            load_files(wh, [str(tmp_path / name)], progress=False)
+    text = str(caught.value)
+    assert message in text and name in text and "\n" not in text
+    assert _raw_count(target) == 3  # unchanged by the refused file
+
+
+def test_truncated_and_mistyped_parquet_are_refused(target, tmp_path):
+    _frame(50).to_parquet(tmp_path / "full.parquet", index=False)
+    data = (tmp_path / "full.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    _frame(3).assign(flow_rate=[True, False, True]).to_parquet(
+        tmp_path / "bool.parquet", index=False
+    )
+    _frame(3).assign(timestamp=[1, 2, 3]).to_parquet(tmp_path / "intts.parquet", index=False)
+    with connect(target) as wh:
+        for name, message in [
+            ("cut.parquet", "not a readable Parquet file"),
+            ("bool.parquet", "column flow_rate has type BOOLEAN; expected a number"),
+            ("intts.parquet", "column timestamp has type BIGINT"),
+        ]:
+            with pytest.raises(LoadError, match=message):
+                load_files(wh, [str(tmp_path / name)], progress=False)
+    assert _raw_count(target) == 0
+
+
+def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path):
+    csv = tmp_path / "dirty.csv"
+    csv.write_text(
+        "timestamp,node_id,node_name,flow_rate,pressure,temperature,volume,quality_score,firmware\n"
+        "2024-05-01T00:00:00Z,N1,n,1.0,4,10,5,0.9,v1\n"
+        "2024-05-01T00:01:00Z,N1,n,NaN,4,10,5,0.9,v1\n"  # NaN = missing: still valid
+        "2024-05-01T00:02:00Z,N1,n,inf,4,10,5,0.9,v1\n"
+        "2024-05-01T00:03:00Z,  ,n,1,4,10,5,0.9,v1\n"
+        "2024-05-01T00:04:00Z,N1,n,,,,,0.9,v1\n"
+        "1999-12-31T23:59:00Z,N1,n,1,4,10,5,0.9,v1\n"
+        "2024-05-01T00:06:00Z,N1,n,1,26,10,5,1.5,v1\n"
+        "2024-05-01T00:00:00Z,N1,n,3.0,4,10,5,0.95,v1\n"  # repeat with higher quality: wins
+        "2024-04-30T23:00:00+02:00,N1,n,2.0,4,10,5,0.9,v1\n"  # out of order, with an offset
+    )
+    with connect(target) as wh:
+        load_files(wh, [str(csv)], progress=False)
+    run_cycle(target)
+    with connect(target) as wh:
+        rejected = dict(
+            wh.query(
+                "select batch_row, rejection_reasons from water_infrastructure.rejected_readings"
+            )
+        )
+        kept = wh.query_df(
+            "select reading_at, flow_rate, quality_score from water_staging.int_readings_deduplicated"
+            " order by reading_at"
+        )
+    assert rejected == {
+        3: "flow_rate_out_of_range",
+        4: "node_id_missing",
+        5: "no_measurement",
+        6: "timestamp_too_old",
+        7: "pressure_out_of_range,quality_score_out_of_range",
+    }
+    assert len(kept) == 3  # rows 1/8 (one key), 2, 9
+    first = kept[kept["reading_at"] == pd.Timestamp("2024-05-01T00:00:00Z")]
+    assert first["flow_rate"].item() == 3.0 and first["quality_score"].item() == 0.95
+    assert kept["flow_rate"].isna().sum() == 1  # the NaN reading kept as missing flow
+
+
+def test_date_range_filters_rows_and_is_part_of_the_batch_identity(duckdb_target, tmp_path):
+    _frame(60 * 48).to_parquet(tmp_path / "two_days.parquet", index=False)
+    with connect(duckdb_target) as wh:
+        day1 = load_files(
+            wh,
+            [str(tmp_path / "two_days.parquet")],
+            DateRange(date(2024, 5, 1), date(2024, 5, 1)),
+            progress=False,
+        )
+        day2 = load_files(
+            wh,
+            [str(tmp_path / "two_days.parquet")],
+            DateRange(date(2024, 5, 2), None),
+            progress=False,
+        )
+        none = load_files(
+            wh,
+            [str(tmp_path / "two_days.parquet")],
+            DateRange(date(2025, 1, 1), None),
+            progress=False,
+        )
+    assert (day1[0].rows, day2[0].rows, none[0].rows, none[0].skipped) == (1440, 1440, 0, True)
+
+
+def test_node_file_upserts_only_given_columns_and_refuses_bad_rows(target, tmp_path):
+    full = tmp_path / "nodes.csv"
+    full.write_text(
+        "node_id,district,balance_role,expected_cadence_s,pressure_min_bar\nN1,DMA-1,inlet,60,2.5\n"
+        "N2,DMA-1,consumption,300,\n"
+    )
+    move = tmp_path / "move.csv"
+    move.write_text("node_id,district\nN2,DMA-2\nN3,DMA-2\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("node_id,balance_role\nN4,reservoir\n")
+    with connect(target) as wh:
+        assert register_node_file(wh, full).inserted == 2
+        result = register_node_file(wh, move)
+        with pytest.raises(
+            NodeFileError, match=r"row 2, column balance_role: 'reservoir' is not one of"
+        ):
+            register_node_file(wh, bad)
+        rows = wh.query(
+            "select node_id, district, balance_role, expected_cadence_s from raw.node_metadata order by 1"
+        )
+    assert (result.inserted, result.updated) == (1, 1)
+    assert rows == [
+        ("N1", "DMA-1", "inlet", 60),
+        ("N2", "DMA-2", "consumption", 300),
+        ("N3", "DMA-2", None, None),
+    ]
+
+
+def test_bigquery_extract_query_is_parameterised_and_paginated():
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    query = build_extract_query(
+        "my-project-1", "water_raw", start, None, (start + timedelta(days=1), "N9"), 5000
+    )
+    assert "`my-project-1.water_raw.sensor_readings_ml`" in query.sql
+    assert "@start_ts" in query.sql and "@after_ts" in query.sql and "@after_node" in query.sql
+    assert "N9" not in query.sql and "2024" not in query.sql  # values only as parameters
+    assert query.parameters["page_size"] == ("INT64", 5000)
+    config = query.job_config()
+    assert {p.name for p in config.query_parameters} == {
+        "start_ts",
+        "page_size",
+        "after_ts",
+        "after_node",
+    }
+    with pytest.raises(ConfigError):
+        table_path("my-project-1", "water; drop table x")
+    watermark = datetime(2024, 3, 1, 12, tzinfo=UTC)
+    assert extraction_start(watermark, DateRange()) == watermark - timedelta(hours=2)
+    assert extraction_start(None, DateRange(date(2024, 2, 1))) == datetime(2024, 2, 1, tzinfo=UTC)
+    assert extraction_end(DateRange(None, date(2024, 2, 1))) == datetime(2024, 2, 2, tzinfo=UTC)
+
+
+def _water(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    water = os.path.join(os.path.dirname(sys.executable), "water")
+    return subprocess.run([water, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_load_refuses_a_bad_file_with_one_line_and_exit_code(tmp_path):
+    env = {**os.environ, "WATER_DUCKDB_PATH": str(tmp_path / "w.duckdb")}
+    (tmp_path / "bad.csv").write_text("timestamp,node_id,flow_rate\nnot-a-time,N1,1\n")
+    result = _water("load", str(tmp_path / "bad.csv"), env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "row 1, column timestamp" in result.stderr
+    unknown = _water("status", "--target", "oracle", env=env)
+    assert unknown.returncode == 1 and "unknown target 'oracle'" in unknown.stderr
+
+
+def test_demo_command_builds_everything_on_duckdb(tmp_path):
+    env = {**os.environ, "WATER_DUCKDB_PATH": str(tmp_path / "demo.duckdb")}
+    env.pop("REDIS_URL", None)
+    result = _water("demo", "--nodes", "5", "--days", "1", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "computed_metrics  5min" in result.stdout and "1day" in result.stdout
+    status = _water("status", env=env)
+    assert status.returncode == 0 and "rejected" in status.stdout
