@@ -7,13 +7,14 @@ every DuckDB test a fresh file in its tmp_path. Nothing is mocked.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from flows.config import Target
+from flows.config import PROJECT_ROOT, Target
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = os.environ.get("PGPORT", "5432")
@@ -24,7 +25,18 @@ PG_USER = os.environ.get("PGUSER", "postgres")
 def _isolated_environment(tmp_path_factory):
     """Keep tests away from a developer's warehouse, .env and dbt artefacts."""
     root = tmp_path_factory.mktemp("dbt-target")
-    saved = {k: os.environ.get(k) for k in ("WATER_DBT_TARGET_ROOT", "DBT_LOG_PATH", "WATER_DUCKDB_PATH")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("WATER_DBT_TARGET_ROOT", "DBT_LOG_PATH", "WATER_DUCKDB_PATH", "WATER_GX_ROOT")
+    }
+    # Gates write validation results and Data Docs under the GX project: use a copy.
+    gx_root = tmp_path_factory.mktemp("gx-project")
+    shutil.copytree(
+        PROJECT_ROOT / "expectations" / "gx",
+        gx_root / "gx",
+        ignore=shutil.ignore_patterns("uncommitted"),
+    )
+    os.environ["WATER_GX_ROOT"] = str(gx_root)
     os.environ["WATER_DBT_TARGET_ROOT"] = str(root)
     os.environ["DBT_LOG_PATH"] = str(root / "logs")
     os.environ["WATER_DUCKDB_PATH"] = str(root / "default.duckdb")
@@ -40,7 +52,9 @@ def _isolated_environment(tmp_path_factory):
 
 
 def _admin_connection() -> psycopg.Connection:
-    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True)
+    return psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
+    )
 
 
 @pytest.fixture
@@ -56,7 +70,10 @@ def pg_database() -> str:
 
 @pytest.fixture
 def pg_target(pg_database: str) -> Target:
-    return Target("postgres", pg_dsn_parts={"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": pg_database})
+    return Target(
+        "postgres",
+        pg_dsn_parts={"host": PG_HOST, "port": PG_PORT, "user": PG_USER, "dbname": pg_database},
+    )
 
 
 @pytest.fixture
