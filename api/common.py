@@ -1,0 +1,84 @@
+"""Helpers the routers share: database calls off the event loop, cursors, parameters, errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import HTTPException, Path, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+
+from api.schemas import ProblemResponse
+from api.store import open_readonly
+from flows.warehouse import WarehouseError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Printable, no whitespace or slashes; long enough for any real identifier.
+NodeId = Annotated[
+    str,
+    Path(min_length=1, max_length=128, pattern=r"^[^\s/]+$", description="Node identifier."),
+]
+
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ProblemResponse, "description": "Missing, expired or invalid bearer token."},
+    403: {"model": ProblemResponse, "description": "The token lacks the required scope."},
+    503: {
+        "model": ProblemResponse,
+        "description": "Neither the cache nor the database could answer.",
+    },
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ProblemResponse, "description": "Unknown node."}
+}
+
+
+class DatabaseUnavailable(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(status_code=503, detail="database unavailable; try again shortly")
+
+
+async def in_database(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    """Run `fn(wh, *args)` on a short-lived read-only connection, in the thread pool."""
+    target = request.app.state.settings.target
+
+    def work() -> T:
+        with open_readonly(target) as wh:
+            return fn(wh, *args)
+
+    try:
+        result = await run_in_threadpool(work)
+    except WarehouseError as exc:
+        # The reason goes to the log (it names no secret), never to the client.
+        log.warning("database read failed: %s", exc)
+        raise DatabaseUnavailable() from None
+    request.app.state.metrics.source_reads.labels("database").inc()
+    return result
+
+
+def invalid(location: str, name: str, message: str, value: Any = None) -> RequestValidationError:
+    """A 422 in FastAPI's own error shape, so clients parse every 422 the same way."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": (location, name), "msg": message, "input": value}]
+    )
+
+
+def encode_cursor(payload: dict[str, Any]) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeError):
+        raise invalid("query", "cursor", "cursor is not one this API issued", cursor) from None
+    if not isinstance(payload, dict) or set(payload) != set(keys):
+        raise invalid("query", "cursor", "cursor is not one this API issued", cursor)
+    return payload
