@@ -6,6 +6,7 @@
             {'columns': ['node_id', 'time_window', 'window_start'], 'unique': true},
             {'columns': ['computed_at']},
         ] if target.type == 'postgres' else [],
+        post_hook=["{{ refresh_statistics(this) }}"],
     )
 }}
 {#- 5min / 1hour / 1day statistics per node, UTC epoch-aligned.

@@ -6,6 +6,8 @@
             {'columns': ['node_id', 'reading_at'], 'unique': true},
             {'columns': ['loaded_at']},
         ] if target.type == 'postgres' else [],
+        pre_hook=["{{ refresh_statistics(source('raw', 'sensor_readings')) }}"],
+        post_hook=["{{ refresh_statistics(this) }}"],
     )
 }}
 {#- Valid readings, one per (node_id, reading_at): of repeats the highest quality_score

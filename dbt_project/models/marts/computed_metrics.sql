@@ -10,24 +10,109 @@
     )
 }}
 {#- The published windowed metrics (DESIGN.md contract). Windows recomputed in
-    int_metrics_windowed since the last run are merged here. -#}
+    int_metrics_windowed since the last run are merged here, and so are windows whose
+    anomaly_count may have changed: a 5-minute window re-scored by the detectors (its
+    anomalies re-derived or retracted) or an anomaly published since the last run.
+    anomaly_count = node-level anomalies of the node whose window_start lies in the window
+    (district-level ones have node_id 'district:<name>' and count nowhere here).
+    computed_at = when this row was last merged, the model's own watermark. -#}
+{%- set widths = {'5min': 300, '1hour': 3600, '1day': 86400} -%}
+-- depends_on: {{ ref('int_metrics_scored') }}
 with
+
+{% if is_incremental() %}
+
+watermark as (
+
+    select max(computed_at) as computed_at from {{ this }}
+
+),
+
+recount_points as (
+
+    select scored.node_id, scored.window_start
+    from {{ ref('int_metrics_scored') }} as scored
+    cross join watermark
+    where watermark.computed_at is null or scored.scored_at > watermark.computed_at
+
+    union distinct
+
+    select published.node_id, published.window_start
+    from {{ ref('anomalies') }} as published
+    cross join watermark
+    where watermark.computed_at is null or published.evaluated_at > watermark.computed_at
+
+),
+
+changed_windows as (
+
+    select recomputed.node_id, recomputed.time_window, recomputed.window_start
+    from {{ ref('int_metrics_windowed') }} as recomputed
+    cross join watermark
+    where watermark.computed_at is null or recomputed.computed_at > watermark.computed_at
+    {% for name, width in widths.items() %}
+
+    union distinct
+
+    select node_id, '{{ name }}' as time_window, {{ time_bucket_start(width, 'window_start') }} as window_start
+    from recount_points
+    {% endfor %}
+
+),
+
+windowed as (
+
+    select all_windows.*
+    from {{ ref('int_metrics_windowed') }} as all_windows
+    inner join changed_windows
+        on all_windows.node_id = changed_windows.node_id
+        and all_windows.time_window = changed_windows.time_window
+        and all_windows.window_start = changed_windows.window_start
+    where all_windows.window_start >= (select min(window_start) from changed_windows)
+
+),
+
+{% else %}
 
 windowed as (
 
     select * from {{ ref('int_metrics_windowed') }}
+
+),
+
+{% endif %}
+
+node_anomalies as (
+
+    select published.node_id, published.window_start
+    from {{ ref('anomalies') }} as published
     {% if is_incremental() %}
-    where computed_at > (select max(computed_at) from {{ this }})
+    where published.window_start >= (select min(window_start) from changed_windows)
     {% endif %}
+
+),
+
+anomaly_counts as (
+
+    {% for name, width in widths.items() %}
+    select
+        node_id,
+        '{{ name }}' as time_window,
+        {{ time_bucket_start(width, 'window_start') }} as window_start,
+        count(*) as anomaly_count
+    from node_anomalies
+    group by 1, 2, 3
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
 
 ),
 
 final as (
 
     select
-        node_id,
-        time_window,
-        window_start,
+        windowed.node_id,
+        windowed.time_window,
+        windowed.window_start,
         window_end,
         reading_count,
         avg_flow_rate,
@@ -40,7 +125,7 @@ final as (
         min_temperature,
         max_temperature,
         total_volume,
-        cast(0 as integer) as anomaly_count,
+        cast(coalesce(anomaly_counts.anomaly_count, 0) as integer) as anomaly_count,
         quality_score,
         expected_reading_count,
         flow_rate_count,
@@ -50,8 +135,12 @@ final as (
         avg_sensor_quality,
         first_reading_at,
         last_reading_at,
-        computed_at
+        {{ dbt.current_timestamp() }} as computed_at
     from windowed
+    left join anomaly_counts
+        on windowed.node_id = anomaly_counts.node_id
+        and windowed.time_window = anomaly_counts.time_window
+        and windowed.window_start = anomaly_counts.window_start
 
 )
 
