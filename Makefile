@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast lint format docs bench clean
+.PHONY: install demo test test-fast lint format docs bench clean serve deploy worker bench-cycle
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,20 @@ format: install
 
 docs: install  ## build the dbt docs site and serve it on http://127.0.0.1:8080
 	cd $(DBT_DIR) && ../$(BIN)/dbt docs generate && ../$(BIN)/dbt docs serve --host 127.0.0.1 --port 8080 --no-browser
+
+serve: install  ## schedule and serve every Prefect deployment (starts a local server if PREFECT_API_URL is unset)
+	$(BIN)/water serve
+
+# `prefect deploy --all` against the server in PREFECT_API_URL; then run `make worker`.
+deploy: install
+	$(BIN)/prefect work-pool inspect water-local >/dev/null 2>&1 || $(BIN)/prefect work-pool create water-local --type process
+	WATER_LOCAL_TIMEZONE=$${WATER_LOCAL_TIMEZONE:-Europe/Rome} $(BIN)/prefect --no-prompt deploy --all
+
+worker: install  ## a process worker for the deployments registered by `make deploy`
+	$(BIN)/prefect worker start --pool water-local
+
+bench-cycle: install  ## incremental cycle latency, 500 nodes (minutes; see docs/operations.md)
+	$(BIN)/python benchmarks/cycle_latency.py
 
 bench: install  ## the benchmarks (minutes; see README "Performance")
 	$(BIN)/python benchmarks/backfill.py

@@ -109,9 +109,34 @@ def main(verbose: bool) -> None:
     help="synthetic: seconds between readings.",
 )
 @click.option("--seed", type=int, default=42, show_default=True, help="synthetic: random seed.")
+@click.option(
+    "--process",
+    is_flag=True,
+    help="Backfill: load --start-date..--end-date day by day and run a processing cycle after"
+    " each day (resumable; the same code as the Prefect backfill flow).",
+)
+@click.option(
+    "--chunk-days",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="--process: days per chunk.",
+)
 @target_option
 @command
-def load(sources, start_date, end_date, batch_size, nodes, days, cadence, seed, target_name):
+def load(
+    sources,
+    start_date,
+    end_date,
+    batch_size,
+    nodes,
+    days,
+    cadence,
+    seed,
+    process,
+    chunk_days,
+    target_name,
+):
     """Load raw readings from SOURCES: Parquet/CSV files or globs, `synthetic`, or `bigquery`."""
     from flows.loading import load_source
     from flows.warehouse import connect
@@ -122,6 +147,22 @@ def load(sources, start_date, end_date, batch_size, nodes, days, cadence, seed, 
 
         synthetic = SyntheticConfig(nodes=nodes, days=days, cadence_s=cadence, seed=seed)
     target = _target(target_name)
+    if process:
+        from flows.cycle import describe_result, run_backfill
+
+        if start_date is None or end_date is None:
+            raise click.UsageError("--process needs --start-date and --end-date")
+        result = run_backfill(
+            target,
+            list(sources),
+            start_date,
+            end_date,
+            chunk_days=chunk_days,
+            synthetic_config=synthetic,
+            on_chunk=lambda first, last, what: click.echo(f"  {first}..{last}: {what}"),
+        )
+        click.echo(describe_result(result, target))
+        return
     with connect(target) as wh:
         results = load_source(
             wh,
@@ -159,18 +200,48 @@ def nodes(file, target_name):
 
 
 @main.command()
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Load what is new from here first: files/globs/folder, `synthetic` or `bigquery` (repeatable).",
+)
+@click.option("--no-publish", is_flag=True, help="Do not publish to Redis.")
 @target_option
 @command
-def cycle(target_name):
-    """Run one processing cycle now."""
-    from flows.cycle import run_cycle
+def cycle(sources, no_publish, target_name):
+    """Run one processing cycle now (the same code as the Prefect flow)."""
+    from flows.cycle import describe_result, run_cycle
 
     target = _target(target_name)
-    result = run_cycle(target)
-    steps = ", ".join(f"{k} {v:.1f}s" for k, v in result.step_seconds.items())
-    click.echo(
-        f"cycle {result.cycle_id} completed on {target.describe()} in {result.duration_seconds:.1f}s ({steps})"
+    synthetic = None
+    if list(sources) == ["synthetic"]:
+        from flows.loaders.synthetic import SyntheticConfig
+
+        synthetic = SyntheticConfig()
+    result = run_cycle(
+        target, source=list(sources), synthetic_config=synthetic, publish_to_redis=not no_publish
     )
+    click.echo(describe_result(result, target))
+
+
+@main.command()
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=4200,
+    show_default=True,
+    help="Port of the local Prefect server started when PREFECT_API_URL is unset.",
+)
+@target_option
+@command
+def serve(port, target_name):
+    """Serve every Prefect deployment (schedules of prefect.yaml) until interrupted."""
+    from flows.serve import serve as serve_deployments
+
+    target = _target(target_name)
+    click.echo(f"serving the deployments of prefect.yaml for {target.describe()}")
+    serve_deployments(target=target.name, port=port, echo=click.echo)
 
 
 @main.command()
@@ -194,6 +265,85 @@ def demo(nodes, days, seed, target_name):
     from flows.demo import run_demo
 
     run_demo(_target(target_name), nodes=nodes, days=days, seed=seed, echo=click.echo)
+
+
+@main.command("api")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve reads without tokens (local demo only; the trigger still needs one).",
+)
+@click.option("--access-log", is_flag=True, help="Log one line per request.")
+@target_option
+@command
+def api_command(host, port, insecure_no_auth, access_log, target_name):
+    """Serve the HTTP API (docs at /docs, Prometheus metrics at /metrics)."""
+    from api.server import serve
+
+    serve(host, port, target_name, insecure_no_auth, access_log, echo=click.echo)
+
+
+@main.command()
+@click.option("--suite", default=None, help="Run only this suite (default: all).")
+@target_option
+@command
+def validate(suite, target_name):
+    """Run the Great Expectations suites now on each table's last day of rows."""
+    from flows.quality import data_docs_index, format_table, run_suites
+
+    results = run_suites(_target(target_name), suite=suite)
+    click.echo(format_table(results))
+    click.echo(f"Data Docs: {data_docs_index()}")
+    failed = [line for result in results for line in result.critical_failures]
+    if failed:
+        _fail(f"{len(failed)} critical quality failure(s): {failed[0]}")
+
+
+@main.command()
+@click.option(
+    "--model-type",
+    type=click.Choice(["flow_forecast", "anomaly", "leakage"]),
+    default=None,
+    help="Train only this model type (default: all).",
+)
+@target_option
+@command
+def train(model_type, target_name):
+    """Train, register and (champion/challenger) promote ML models (a `retraining` job)."""
+    from flows.cycle import run_model_job
+    from ml.training import TrainingResult
+
+    target = _target(target_name)
+    click.echo(f"training {model_type or 'all model types'} on {target.describe()} ...")
+    job = run_model_job(target, "retraining", model_type=model_type)
+    if job.status == "skipped":
+        _fail(job.message)
+    results = [TrainingResult(**r) for r in job.summary["steps"]["train"]["result"]]
+    for result in results:
+        click.echo(result.summary)
+    if all(r.status == "skipped" for r in results):
+        _fail("nothing trained: " + "; ".join(r.reason for r in results))
+
+
+@main.command()
+@target_option
+@command
+def evaluate(target_name):
+    """Score served predictions whose targets are now observed (fills model_performance)."""
+    from flows.cycle import run_model_job
+
+    target = _target(target_name)
+    job = run_model_job(target, "evaluation")
+    if job.status == "skipped":
+        _fail(job.message)
+    result = job.summary["steps"]["evaluate"]["result"]
+    notes = "; ".join(result["notes"])
+    click.echo(
+        f"{result['rows_written']} model_performance row(s) for {len(result['models'])} model(s)"
+        f" over {result['days']} day(s){'; ' + notes if notes else ''}"
+    )
 
 
 if __name__ == "__main__":

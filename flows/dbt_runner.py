@@ -78,7 +78,11 @@ def run_dbt(
     from dbt.cli.main import dbtRunner
 
     with dbt_environment(target):
-        result = dbtRunner().invoke(dbt_args(command, target, extra))
+        try:
+            result = dbtRunner().invoke(dbt_args(command, target, extra))
+        finally:
+            if target.type == "duckdb":
+                release_duckdb_file()
     outcome = DbtOutcome(success=bool(result.success))
     if result.exception is not None:
         outcome.failures.append(f"dbt {command}: {_first_line(result.exception)}")
@@ -101,3 +105,22 @@ def run_dbt(
 def _first_line(value: object) -> str:
     text = str(value).strip()
     return text.splitlines()[0] if text else ""
+
+
+def release_duckdb_file() -> None:
+    """Close the DuckDB database that in-process dbt runs keep open.
+
+    dbt-duckdb caches one DuckDB instance per process for the process's lifetime, which holds
+    the file's lock: no other process (a served flow run, `water status`, the API) could open
+    the warehouse until this one exits. Closing it after each step costs one reopen.
+    """
+    try:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+    except ImportError:
+        return
+    try:
+        environment = DuckDBConnectionManager.env()
+    except Exception:  # noqa: BLE001 - "requested before creation": nothing is open
+        return
+    environment.close()
+    DuckDBConnectionManager.close_all_connections()

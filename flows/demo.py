@@ -31,9 +31,18 @@ def run_demo(
     echo(
         f"    {rows:,} new rows; {registered.inserted + registered.updated} nodes in {districts} districts registered"
     )
-    echo("2/3 running a processing cycle (dbt build)")
-    cycle = run_cycle(target)
+    echo("2/3 running a processing cycle (quality gates, dbt build, scoring, Redis publish)")
+    cycle = run_cycle(target, triggered_by="demo")
     echo(f"    cycle {cycle.cycle_id} done in {cycle.duration_seconds:.1f}s")
+    publish = cycle.publish or {}
+    if publish.get("status") == "published":
+        from flows.redis_conn import redis_endpoint
+
+        echo(f"    published {publish['keys']} hot-cache key(s) to {redis_endpoint().describe()}")
+    else:
+        echo(
+            f"    Redis publish {publish.get('status')}: {publish.get('error', '')} (the next cycle retries)"
+        )
     echo("3/3 what was built:")
     echo(format_status(collect_status(target)))
     if target.type == "duckdb":

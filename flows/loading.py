@@ -11,6 +11,7 @@ from pathlib import Path
 from flows.config import PROJECT_ROOT
 from flows.loaders.files import DateRange, LoadResult, load_files
 from flows.nodes import NodesResult, upsert_nodes
+from flows.raw_store import ensure_raw_tables
 from flows.warehouse import Warehouse
 
 LANDING_DIR = PROJECT_ROOT / "data" / "landing"
@@ -35,7 +36,12 @@ def load_synthetic(
         partial = path.with_suffix(".parquet.partial")
         write_parquet(config, partial, progress=progress)
         partial.replace(path)
-    nodes = upsert_nodes(wh, node_metadata(config))
+    # Register the generated network's metadata for nodes not yet known, so edits made
+    # with `water nodes` survive a re-run.
+    metadata = node_metadata(config)
+    ensure_raw_tables(wh)
+    known = {row[0] for row in wh.query("select node_id from raw.node_metadata")}
+    nodes = upsert_nodes(wh, metadata[~metadata["node_id"].isin(known)])
     return load_files(
         wh, [str(path)], dates or DateRange(), progress=progress, source="synthetic"
     ), nodes

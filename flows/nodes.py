@@ -110,6 +110,8 @@ def _convert(path: Path, line: int, column: str, raw: str):
 def upsert_nodes(wh: Warehouse, frame: pd.DataFrame) -> NodesResult:
     """Insert new nodes and update the given columns of known ones, in one transaction."""
     ensure_raw_tables(wh)
+    if frame.empty:
+        return NodesResult(inserted=0, updated=0, columns=())
     columns = [c for c in NODE_COLUMNS if c in frame.columns]
     updates = [c for c in columns if c != "node_id"]
     placeholders = ", ".join(f"%({c})s" for c in columns)

@@ -20,6 +20,9 @@ class Status:
     nodes_total: int = 0
     nodes_without_metadata: list[str] = field(default_factory=list)
     built: bool = False
+    quality: Any = None  # flows.quality.QualitySummary of the latest gate run
+    jobs: Any = None  # flows.jobs.JobsSummary: recent jobs, watermark, last publish
+    ml: Any = None  # ml.status.MLStatus: active models and their latest scores
 
 
 def collect_status(target: Target) -> Status:
@@ -34,6 +37,15 @@ def _collect(wh: Warehouse, target: Target) -> Status:
         status.batches, status.last_loaded_at = wh.query(
             "select count(*), max(loaded_at) from raw.load_batches"
         )[0]
+    from flows.quality import latest_results
+
+    status.quality = latest_results(wh)
+    from flows.jobs import jobs_summary
+
+    status.jobs = jobs_summary(wh, target)
+    from ml.status import ml_status
+
+    status.ml = ml_status(wh)
     if not wh.relation_exists(PUBLISHED_SCHEMA, "computed_metrics"):
         return status
     status.built = True
@@ -58,6 +70,13 @@ def format_status(status: Status) -> str:
     lines.append(
         f"raw readings      {status.raw_rows:,} in {status.batches} batch(es); last load {status.last_loaded_at or '-'}"
     )
+    if status.quality is not None:
+        from flows.quality import format_summary
+
+        lines.extend(format_summary(status.quality))
+    from flows.jobs import format_jobs
+
+    lines.extend(format_jobs(status.jobs))
     if not status.built:
         lines.append("published tables  not built yet: run `water cycle`")
         return "\n".join(lines)
@@ -75,4 +94,7 @@ def format_status(status: Status) -> str:
         lines.append(
             f"  without metadata ({len(status.nodes_without_metadata)}): {shown}{f' (+{more} more)' if more > 0 else ''}"
         )
+    from ml.status import format_ml_status
+
+    lines.extend(format_ml_status(status.ml))
     return "\n".join(lines)

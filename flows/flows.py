@@ -1,0 +1,250 @@
+"""Prefect flows: thin wrappers over `flows.cycle`, the code `water cycle` also runs.
+
+Deployments (schedules, parameters, concurrency) are declared in `prefect.yaml`;
+`water serve` serves them all from one process. Each step of a cycle is a Prefect task
+(retries with exponential backoff on transient database/Redis errors, a timeout per step),
+and dbt runs through `prefect_dbt.PrefectDbtRunner`, so every dbt model and test shows up
+as its own task. Cycles never overlap: the run lock in the target database skips (and
+records) a trigger that finds one running, whoever triggered it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+from prefect.tasks import exponential_backoff
+
+from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT, Target, load_settings
+from flows.cycle import (
+    STEP_TIMEOUTS_S,
+    CycleResult,
+    cycle_dbt_args,
+    is_transient,
+    run_backfill,
+    run_cycle,
+    run_model_job,
+)
+from flows.dbt_runner import DbtOutcome, dbt_environment, run_dbt
+
+T = TypeVar("T")
+log = logging.getLogger("water.flows")
+
+STEP_RETRIES = 3
+STEP_BACKOFF_S = 2.0
+
+
+def _retry_if_transient(_task, _task_run, state) -> bool:
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception as error:  # noqa: BLE001 - whatever it is, decide on it
+            exc = error
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+class PrefectSteps:
+    """Runs each cycle step as a Prefect task and dbt through PrefectDbtRunner."""
+
+    name = "prefect"
+
+    def run(
+        self, name: str, fn: Callable[..., T], *args: Any, retries: int | None = None, **kwargs: Any
+    ) -> T:
+        kind = name.split(" ", 1)[0]
+        step = task(
+            fn,
+            name=name,
+            retries=STEP_RETRIES if retries is None else retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=STEP_BACKOFF_S),
+            retry_condition_fn=_retry_if_transient,
+            timeout_seconds=STEP_TIMEOUTS_S.get(kind),
+            cache_policy=NO_CACHE,
+            persist_result=False,
+        )
+        return step(*args, **kwargs)
+
+    def dbt_build(self, target: Target, select: Sequence[str] = ()) -> DbtOutcome:
+        if os.environ.get("WATER_DBT_NODE_TASKS", "1").strip().lower() in ("0", "false", "no"):
+            # One task for the whole build: much less Prefect bookkeeping per cycle (see the
+            # benchmark in docs/operations.md), no per-model tasks in the UI.
+            return run_dbt(target, "build", cycle_dbt_args(select))
+        from dbt_common.events.base_types import EventLevel
+        from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
+
+        root = os.environ.get("WATER_DBT_TARGET_ROOT")
+        settings = PrefectDbtSettings(
+            project_dir=DBT_PROJECT_DIR,
+            profiles_dir=PROJECT_ROOT,
+            target_path=Path(root) / target.name if root else Path("target"),
+            # Explicit: derived from PREFECT_LOGGING_LEVEL=WARNING it would be the invalid 'warning'.
+            log_level=EventLevel.WARN,
+        )
+        runner = PrefectDbtRunner(settings=settings, raise_on_failure=False)
+        args = ["build", *cycle_dbt_args(select)]
+        with dbt_environment(target):
+            try:
+                result = runner.invoke(args)
+            except ValueError as exc:  # dbt raised (compile error, connection refused...)
+                return DbtOutcome(success=False, failures=[" ".join(str(exc).split())[:1000]])
+        return _outcome(result)
+
+
+def _outcome(result: Any) -> DbtOutcome:
+    outcome = DbtOutcome(success=bool(result.success))
+    for node_result in getattr(result.result, "results", None) or []:
+        node = getattr(node_result, "node", None)
+        name = getattr(node, "name", "?")
+        outcome.node_timings[name] = float(getattr(node_result, "execution_time", 0.0) or 0.0)
+        status = str(getattr(node_result, "status", "")).lower()
+        if status in ("error", "fail", "runtime error"):
+            message = " ".join(str(getattr(node_result, "message", "") or status).split())[:400]
+            outcome.failures.append(f"{name}: {message}")
+    if not outcome.success and not outcome.failures and result.exception is not None:
+        outcome.failures.append(" ".join(str(result.exception).split())[:1000])
+    return outcome
+
+
+def _target(name: str | None) -> Target:
+    return load_settings().target(name)
+
+
+def _run_context() -> tuple[str, str | None]:
+    """(triggered_by, flow_run_id) of the current flow run."""
+    from prefect.runtime import deployment, flow_run
+
+    run_id = flow_run.get_id()
+    if deployment.get_id() is None:
+        return "prefect:flow", run_id
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            details = client.read_flow_run(run_id)
+        if details.auto_scheduled:
+            return f"prefect:schedule:{deployment.get_name()}", run_id
+        by = details.created_by.display_value if details.created_by else None
+        return f"prefect:manual:{deployment.get_name()}" + (f":{by}" if by else ""), run_id
+    except Exception:  # noqa: BLE001 - the label is informative only
+        return f"prefect:{deployment.get_name()}", run_id
+
+
+def _finish(result: CycleResult) -> Any:
+    summary = {
+        "job_id": result.job_id,
+        "kind": result.kind,
+        "status": result.status,
+        "rows_in": result.rows_in,
+        "rows_rejected": result.rows_rejected,
+        "steps": {name: step.as_dict() for name, step in result.steps.items()},
+        "publish": result.publish,
+        "message": result.message,
+    }
+    get_run_logger().info(
+        "%s %s %s: %s row(s) in, %s",
+        result.kind,
+        result.job_id,
+        result.status,
+        result.rows_in,
+        ", ".join(f"{k} {v:.1f}s" for k, v in result.step_seconds.items()),
+    )
+    if result.status == "skipped":
+        # Another run holds the lock: recorded as a skipped job; the flow run says so too.
+        return Completed(name="Skipped", message=result.message, data=summary)
+    return summary
+
+
+@flow(name="processing-cycle", timeout_seconds=3600, log_prints=True)
+def processing_cycle(
+    target: str | None = None,
+    source: str | None = None,
+    synthetic: dict[str, Any] | None = None,
+) -> Any:
+    """Load what is new from `source` (files/glob, `synthetic`, `bigquery`; none: only what
+    was loaded since the last cycle), gate, dbt build, gate, score, publish, record."""
+    triggered_by, run_id = _run_context()
+    result = run_cycle(
+        _target(target),
+        source=source,
+        synthetic_config=_synthetic_config(synthetic) if source == "synthetic" else None,
+        triggered_by=triggered_by,
+        flow_run_id=run_id,
+        steps=PrefectSteps(),
+    )
+    return _finish(result)
+
+
+@flow(name="backfill", timeout_seconds=24 * 3600, log_prints=True)
+def backfill(
+    start_date: date,
+    end_date: date,
+    source: str,
+    target: str | None = None,
+    chunk_days: int = 1,
+    synthetic: dict[str, Any] | None = None,
+) -> Any:
+    """Load and process `start_date..end_date` (UTC, inclusive) in day chunks; a re-run
+    after a kill continues with the first chunk not completed."""
+    triggered_by, run_id = _run_context()
+    logger = get_run_logger()
+    result = run_backfill(
+        _target(target),
+        [source],
+        start_date,
+        end_date,
+        chunk_days=chunk_days,
+        synthetic_config=_synthetic_config(synthetic) if source == "synthetic" else None,
+        triggered_by=triggered_by,
+        flow_run_id=run_id,
+        steps=PrefectSteps(),
+        on_chunk=lambda s, e, what: logger.info("chunk %s..%s: %s", s, e, what),
+    )
+    return _finish(result)
+
+
+@flow(name="evaluate-models", timeout_seconds=3600, log_prints=True)
+def evaluate_models(target: str | None = None) -> Any:
+    """Daily: evaluate served predictions whose targets are now observed."""
+    triggered_by, run_id = _run_context()
+    return _finish(
+        run_model_job(
+            _target(target),
+            "evaluation",
+            triggered_by=triggered_by,
+            flow_run_id=run_id,
+            steps=PrefectSteps(),
+        )
+    )
+
+
+@flow(name="retrain-models", timeout_seconds=3 * 3600, log_prints=True)
+def retrain_models(target: str | None = None, model_type: str | None = None) -> Any:
+    """Weekly: train challengers and promote those that beat the champion."""
+    triggered_by, run_id = _run_context()
+    return _finish(
+        run_model_job(
+            _target(target),
+            "retraining",
+            model_type=model_type,
+            triggered_by=triggered_by,
+            flow_run_id=run_id,
+            steps=PrefectSteps(),
+        )
+    )
+
+
+def _synthetic_config(options: dict[str, Any] | None):
+    from flows.loaders.synthetic import SyntheticConfig
+
+    return SyntheticConfig(**(options or {}))
+
+
+ALL_FLOWS = (processing_cycle, backfill, evaluate_models, retrain_models)
