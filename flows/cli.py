@@ -256,7 +256,7 @@ def status(target_name):
 
 @main.command()
 @click.option("--nodes", type=click.IntRange(min=2), default=24, show_default=True)
-@click.option("--days", type=click.FloatRange(min=1), default=14.0, show_default=True)
+@click.option("--days", type=click.FloatRange(min=1), default=35.0, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @target_option
 @command

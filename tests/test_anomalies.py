@@ -14,16 +14,11 @@ registers), so the 5-minute cadence keeps the data small without changing what i
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
-import psycopg
 import pytest
 
 from flows.config import Target
@@ -32,6 +27,7 @@ from flows.loaders.files import DateRange
 from flows.loaders.synthetic import Fault, SyntheticConfig
 from flows.loading import load_synthetic
 from flows.warehouse import connect
+from tests.warehouses import fresh_warehouse as fresh_target
 
 MODELS = [
     "--select",
@@ -129,27 +125,6 @@ SNAPSHOT_QUERIES = {
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@contextmanager
-def fresh_target(kind: str, directory: Path) -> Iterator[Target]:
-    """A new, empty warehouse of the given engine (a DuckDB file, or a PostgreSQL database)."""
-    if kind == "duckdb":
-        yield Target("duckdb", duckdb_path=directory / "warehouse.duckdb")
-        return
-    server = {
-        "host": os.environ.get("PGHOST", "127.0.0.1"),
-        "port": os.environ.get("PGPORT", "5432"),
-        "user": os.environ.get("PGUSER", "postgres"),
-    }
-    name = f"water_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
-        admin.execute(f'create database "{name}"')
-    try:
-        yield Target("postgres", pg_dsn_parts={**server, "dbname": name})
-    finally:
-        with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
-            admin.execute(f'drop database if exists "{name}" with (force)')
 
 
 def snapshot(target: Target) -> dict[str, pd.DataFrame]:

@@ -8,23 +8,18 @@ the backwards totaliser, timeliness against loaded_at - reading_at of every read
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
-import psycopg
 import pytest
 
-from flows.config import Target
 from flows.dbt_runner import run_dbt
 from flows.loaders.synthetic import Fault, SyntheticConfig, node_metadata
 from flows.loading import load_synthetic
 from flows.warehouse import connect
+from tests.warehouses import fresh_warehouse as fresh_target
 
 MODELS = ["--select", "+data_quality_metrics"]
 TIMELINESS_MAX_LAG_S = 3600  # dbt var quality_timeliness_max_lag_s
@@ -44,26 +39,6 @@ CONFIG = SyntheticConfig(
     nodes=18, days=0.5, cadence_s=300, seed=5, start=START, faults=(GAP, BACKWARDS), bad_rows=22
 )
 LOGGERS = set(node_metadata(CONFIG).query("node_type == 'pressure_logger'").node_id)
-
-
-@contextmanager
-def fresh_target(kind: str, directory: Path) -> Iterator[Target]:
-    """A new, empty warehouse: a DuckDB file, or a PostgreSQL database dropped afterwards."""
-    if kind == "duckdb":
-        yield Target("duckdb", duckdb_path=directory / "warehouse.duckdb")
-        return
-    server = {
-        k: os.environ.get(f"PG{k.upper()}", d)
-        for k, d in (("host", "127.0.0.1"), ("port", "5432"), ("user", "postgres"))
-    }
-    name = f"water_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
-        admin.execute(f'create database "{name}"')
-    try:
-        yield Target("postgres", pg_dsn_parts={**server, "dbname": name})
-    finally:
-        with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
-            admin.execute(f'drop database if exists "{name}" with (force)')
 
 
 @dataclass

@@ -4,16 +4,12 @@ meter, a node moving district, a node without metadata)."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
-import psycopg
 import pytest
 
 from flows.config import Target
@@ -23,6 +19,7 @@ from flows.loaders.synthetic import Fault, SyntheticConfig, generate, node_metad
 from flows.loading import load_synthetic
 from flows.nodes import upsert_nodes
 from flows.warehouse import connect
+from tests.warehouses import fresh_warehouse as fresh_target
 
 MODELS = ["--select", "+network_efficiency"]
 LOCAL_TZ = "Europe/Rome"
@@ -30,26 +27,6 @@ LOCAL_TZ = "Europe/Rome"
 
 def at(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-@contextmanager
-def fresh_target(kind: str, directory: Path) -> Iterator[Target]:
-    """A new, empty warehouse: a DuckDB file, or a PostgreSQL database dropped afterwards."""
-    if kind == "duckdb":
-        yield Target("duckdb", duckdb_path=directory / "warehouse.duckdb")
-        return
-    server = {
-        k: os.environ.get(f"PG{k.upper()}", d)
-        for k, d in (("host", "127.0.0.1"), ("port", "5432"), ("user", "postgres"))
-    }
-    name = f"water_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
-        admin.execute(f'create database "{name}"')
-    try:
-        yield Target("postgres", pg_dsn_parts={**server, "dbname": name})
-    finally:
-        with psycopg.connect(**server, dbname="postgres", autocommit=True) as admin:
-            admin.execute(f'drop database if exists "{name}" with (force)')
 
 
 # Three local days (2024-03-11..13 Europe/Rome = from 2024-03-10 23:00 UTC); DMA-01's only
