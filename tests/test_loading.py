@@ -140,6 +140,8 @@ def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path)
         "2024-05-01T00:06:00Z,N1,n,1,26,10,5,1.5,v1\n"
         "2024-05-01T00:00:00Z,N1,n,3.0,4,10,5,0.95,v1\n"  # repeat with higher quality: wins
         "2024-04-30T23:00:00+02:00,N1,n,2.0,4,10,5,0.9,v1\n"  # out of order, with an offset
+        # 40 clean readings of another node keep the batch under the raw gate's 20 % reject limit
+        + "".join(f"2024-05-01T01:{i:02d}:00Z,N2,m,1.0,4,10,{i},0.9,v1\n" for i in range(40))
     )
     with connect(target) as wh:
         load_files(wh, [str(csv)], progress=False)
@@ -152,7 +154,7 @@ def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path)
         )
         kept = wh.query_df(
             "select reading_at, flow_rate, quality_score from water_staging.int_readings_deduplicated"
-            " order by reading_at"
+            " where node_id = 'N1' order by reading_at"
         )
     assert rejected == {
         3: "flow_rate_out_of_range",
