@@ -24,5 +24,5 @@ def model(dbt, session):
     features = _pandas(dbt.ref("ml_features").filter("hours_after_origin between 0 and 24"))
     existing = None
     if dbt.is_incremental:
-        existing = _pandas(session.sql(f"select * from {dbt.this}"))
+        existing = _pandas(session.sql(f"select * from {dbt.this}"))  # noqa: S608 - dbt relation
     return forecast_cache_rows(features, registry, existing)
