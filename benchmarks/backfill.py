@@ -1,10 +1,14 @@
-"""Backfill benchmark: `water load` + `water cycle` against one hand-written statement.
+"""Backfill benchmark: `water load` + the windowed metrics against one hand-written statement.
 
 Generates N nodes x D days of 1-minute readings as Parquet (default 200 x 90 = 25.9 M rows),
 then, in the same run and on the same file:
-  (a) `water load FILE` + `water cycle` on a fresh DuckDB warehouse (the user's commands);
-  (b) one hand-written DuckDB statement computing the same validation, de-duplication,
-      totaliser deltas and 5min/1hour/1day windows from the file into a table.
+  (a) `water load FILE` on a fresh warehouse, then the cycle's transformation of the windowed
+      metrics (dbt: staging -> int_readings_deduplicated -> int_metrics_windowed, and the
+      rejected_readings quarantine), as `water cycle` runs it;
+  (b) one hand-written statement computing the same validation, de-duplication, totaliser
+      deltas and 5min/1hour/1day windows from the same data into a table.
+A full `water cycle` also runs the anomaly, balance, quality and ML models, the GX gates and
+the Redis publish: `--full-cycle` times that too (it is not part of the a/b comparison).
 Prints rows/s, the ratio a/b (target <= 2.0) and the peak RSS of each (target < 4 GB), and
 checks both produced the same windows. `--postgres` repeats (a) on PostgreSQL at a smaller
 size against the same statement written for PostgreSQL over the loaded raw table.
@@ -114,6 +118,15 @@ def measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     return elapsed, peak_kb // 1024, result.stdout
 
 
+FULL_CYCLE = "--full-cycle" in sys.argv
+
+
+def full_cycle(env: dict[str, str]) -> dict:
+    """The rest of a first cycle after the windows: every other model, gates, scoring, publish."""
+    seconds, peak_mb, _ = worker("full-cycle", env)
+    return {"full_cycle_rest_s": round(seconds, 1), "full_cycle_peak_rss_mb": peak_mb}
+
+
 def worker(step: str, env: dict[str, str], *args: str) -> tuple[float, int, str]:
     """Run one of this file's worker steps in a fresh process (for a clean peak-RSS figure)."""
     return measured([sys.executable, __file__, "--step", step, *args], env)
@@ -127,12 +140,26 @@ def run_step(step: str, args: list[str]) -> None:
         con.execute("set TimeZone = 'UTC'")
         con.execute("set memory_limit = '3GB'")
         con.execute(REFERENCE_SQL.format(path=args[1]))
+    elif step == "windows":
+        # The windowed-metrics part of a cycle: what the reference statement computes too.
+        from flows.config import load_settings
+        from flows.cycle import prepare_target
+        from flows.dbt_runner import run_dbt
+
+        target = load_settings().target()
+        prepare_target(target)
+        run_dbt(target, "run", ["--select", "+int_metrics_windowed", "+rejected_readings"])
+    elif step == "full-cycle":
+        from flows.config import load_settings
+        from flows.cycle import run_cycle
+
+        run_cycle(load_settings().target())
     elif step == "duckdb-check":
         import duckdb
 
         results = []
         for path, table in (
-            (args[0], "water_infrastructure.computed_metrics"),
+            (args[0], "water_staging.int_metrics_windowed"),
             (args[1], "reference_metrics"),
         ):
             with duckdb.connect(path, read_only=True) as con:
@@ -149,7 +176,7 @@ def run_step(step: str, args: list[str]) -> None:
         import psycopg
 
         with psycopg.connect(dbname=args[0], host="127.0.0.1", user="postgres") as con:
-            tables = ("water_infrastructure.computed_metrics", "reference_metrics")
+            tables = ("water_staging.int_metrics_windowed", "reference_metrics")
             print(
                 json.dumps(
                     [con.execute(CHECK_SQL.format(table=t)).fetchall() for t in tables], default=str
@@ -181,7 +208,8 @@ def bench_duckdb(path: Path, rows: int, workdir: Path) -> dict:
         "DBT_LOG_PATH": str(workdir / "dbt-logs"),
     }
     load_s, load_mb, _ = measured([str(WATER), "load", str(path)], env)
-    cycle_s, cycle_mb, _ = measured([str(WATER), "cycle"], env)
+    cycle_s, cycle_mb, _ = worker("windows", env)
+    extra = full_cycle(env) if FULL_CYCLE else {}
     reference_db = workdir / "reference.duckdb"
     ref_s, ref_mb, _ = worker("duckdb-reference", env, str(reference_db), str(path))
     check = worker("duckdb-check", env, str(workdir / "pipeline.duckdb"), str(reference_db))[2]
@@ -199,6 +227,7 @@ def bench_duckdb(path: Path, rows: int, workdir: Path) -> dict:
         "reference_rows_per_s": round(rows / ref_s),
         "peak_rss_mb": max(load_mb, cycle_mb),
         "reference_peak_rss_mb": ref_mb,
+        **extra,
         "same_windows": pipeline_check == reference_check,
     }
 
@@ -222,7 +251,7 @@ def bench_postgres(path: Path, rows: int, workdir: Path) -> dict:
     }
     try:
         load_s, load_mb, _ = measured([str(WATER), "load", str(path)], env)
-        cycle_s, cycle_mb, _ = measured([str(WATER), "cycle"], env)
+        cycle_s, cycle_mb, _ = worker("windows", env)
         ref_s, _, _ = worker("postgres-reference", env, database)
         pipeline_check, reference_check = json.loads(worker("postgres-check", env, database)[2])
     finally:
@@ -316,6 +345,9 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=90)
     parser.add_argument(
         "--postgres", action="store_true", help="benchmark the postgres target instead"
+    )
+    parser.add_argument(
+        "--full-cycle", action="store_true", help="also time the rest of a full cycle"
     )
     parser.add_argument("--step", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()

@@ -25,6 +25,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from flows.publish import ANOMALY_COLUMNS  # the anomalies contract, one definition
 from ml.features import (
     ANOMALY_FEATURES,
     CATEGORICAL_FEATURES,
@@ -256,23 +257,6 @@ class WindowAnomalyModel:
                 }
             )
         return pd.DataFrame(rows, columns=list(ANOMALY_COLUMNS))
-
-
-ANOMALY_COLUMNS = (
-    "anomaly_id",
-    "node_id",
-    "district",
-    "window_start",
-    "detected_at",
-    "anomaly_type",
-    "severity",
-    "measurement_type",
-    "actual_value",
-    "expected_value",
-    "deviation_percentage",
-    "detection_method",
-    "details",
-)
 
 
 def anomaly_id(node_id: str, window_start: pd.Timestamp, anomaly_type: str) -> str:

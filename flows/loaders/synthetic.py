@@ -130,6 +130,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flows.raw_store import NODE_COLUMNS
+
 __all__ = [
     "BAD_ROW_KINDS",
     "DEFAULT_MAGNITUDE",
@@ -161,19 +163,7 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 
-METADATA_COLUMNS = (
-    "node_id",
-    "node_name",
-    "node_type",
-    "district",
-    "latitude",
-    "longitude",
-    "balance_role",
-    "expected_cadence_s",
-    "pressure_min_bar",
-    "pressure_max_bar",
-    "is_bidirectional",
-)
+METADATA_COLUMNS = NODE_COLUMNS  # the node metadata contract (flows.raw_store)
 
 FAULT_KINDS = (
     "burst",
