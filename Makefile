@@ -9,11 +9,11 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast lint format docs bench clean serve deploy worker bench-cycle
+.PHONY: install demo test lint format docs serve deploy worker bench bench-cycle clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --quiet --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -50,8 +50,14 @@ worker: install  ## a process worker for the deployments registered by `make dep
 bench-cycle: install  ## incremental cycle latency, 500 nodes (minutes; see docs/operations.md)
 	$(BIN)/python benchmarks/cycle_latency.py
 
-bench: install  ## the benchmarks (minutes; see README "Performance")
+bench: install  ## every benchmark (tens of minutes; see README "Performance")
 	$(BIN)/python benchmarks/backfill.py
+	$(BIN)/python benchmarks/backfill.py --postgres --nodes 40 --days 14
+	$(BIN)/python benchmarks/quality_gates.py
+	$(BIN)/python benchmarks/ml_quality.py
+	$(BIN)/python benchmarks/leak_detection.py
+	$(BIN)/python benchmarks/cycle_latency.py
+	$(BIN)/python benchmarks/api_load.py
 
 clean:
 	rm -rf $(DBT_DIR)/target $(DBT_DIR)/logs data/warehouse.duckdb data/landing
