@@ -33,7 +33,9 @@ def run_demo(
     cycle = run_cycle(target, triggered_by="demo")
     echo(f"    cycle {cycle.cycle_id} done in {cycle.duration_seconds:.1f}s")
     if days >= 28:
-        echo("3/4 training the models (forecast, anomaly, leakage) and publishing their first scores")
+        echo(
+            "3/4 training the models (forecast, anomaly, leakage) and publishing their first scores"
+        )
         run_model_job(target, "retraining", triggered_by="demo")
         cycle = run_cycle(target, triggered_by="demo")
     else:
