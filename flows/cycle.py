@@ -25,7 +25,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
@@ -366,6 +367,19 @@ class _Run:
     def end(self) -> None:
         self.lock.release()
 
+    @contextmanager
+    def closing(self) -> Iterator[None]:
+        """Any error marks the job failed and is raised as CycleFailed; the lock is always released."""
+        try:
+            yield
+        except BaseException as exc:
+            failure = self.fail(exc)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            raise failure from exc
+        finally:
+            self.end()
+
     # -- the stages shared by cycle and backfill ----------------------------------------------
     def load(
         self, sources: Sequence[str], start: date | None, end: date | None, synthetic_config
@@ -560,7 +574,7 @@ def run_cycle(
     run.job_id = job_id
     if not run.begin(lock_wait_s):
         return run.result
-    try:
+    with run.closing():
         sources = [source] if isinstance(source, str) else list(source or [])
         if sources:
             run.step("load", run.load, sources, None, None, synthetic_config)
@@ -569,13 +583,6 @@ def run_cycle(
         run.step("ml_scoring", run.score)
         run.publish(publish_to_redis, redis_client)
         _complete(run, scope)
-    except BaseException as exc:
-        failure = run.fail(exc)
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        raise failure from exc
-    finally:
-        run.end()
     return run.result
 
 
@@ -679,7 +686,7 @@ def run_backfill(
             "chunks_already_done": [],
         }
     )
-    try:
+    with run.closing():
         with open_warehouse(target) as wh:
             done = completed_chunks(wh, key)
         for chunk_start, chunk_end in chunks:
@@ -708,13 +715,6 @@ def run_backfill(
         with open_warehouse(target) as wh:
             final = Scope(watermark=None, end=read_watermark(wh), rows_in=run.result.rows_in)
         _complete(run, final)
-    except BaseException as exc:
-        failure = run.fail(exc)
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        raise failure from exc
-    finally:
-        run.end()
     return run.result
 
 
@@ -738,7 +738,7 @@ def run_model_job(
     if not run.begin(lock_wait_s):
         return run.result
     assert run.job is not None
-    try:
+    with run.closing():
         if kind == "evaluation":
             run.step("evaluate", _evaluate, target)
         else:
@@ -749,13 +749,6 @@ def run_model_job(
         run.result.status = "completed"
         run.result.finished_at = utcnow()
         run.result.summary = run.job.summary
-    except BaseException as exc:
-        failure = run.fail(exc)
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
-            raise
-        raise failure from exc
-    finally:
-        run.end()
     return run.result
 
 
