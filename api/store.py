@@ -14,56 +14,20 @@ import duckdb
 import psycopg
 
 from flows.config import Target
-from flows.warehouse import Warehouse, WarehouseError
+from flows.warehouse import Warehouse, WarehouseError, first_line
 
 STATEMENT_TIMEOUT_MS = 5000
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 class ReadOnlyWarehouse(Warehouse):
-    """flows.warehouse.Warehouse's query API over a read-only connection."""
+    """flows.warehouse.Warehouse in read-only mode, plus the API's row helpers."""
 
-    # Not calling super().__init__: it opens a writable connection.
     def __init__(self, target: Target):
-        self.target = target
-        self.type = target.type
-        if self.type == "duckdb":
-            path = target.duckdb_path
-            if path is None or not path.exists():
-                raise WarehouseError(
-                    f"{target.describe()} does not exist yet: load data and run a cycle"
-                )
-            try:
-                self._con = duckdb.connect(str(path), read_only=True)
-                self._con.execute("set TimeZone = 'UTC'")
-            except duckdb.Error as exc:
-                raise WarehouseError(
-                    f"cannot open {target.describe()}: {_first_line(exc)}"
-                ) from exc
-        elif self.type == "postgres":
-            try:
-                self._con = psycopg.connect(
-                    autocommit=True,
-                    options=(
-                        "-c timezone=UTC -c default_transaction_read_only=on "
-                        f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
-                    ),
-                    connect_timeout=3,
-                    application_name="water-api",
-                    **target.pg_dsn_parts,
-                )
-            except psycopg.Error as exc:
-                raise WarehouseError(
-                    f"cannot connect to {target.describe()}: {_first_line(exc)}"
-                ) from exc
-        else:
+        if target.type not in ("duckdb", "postgres"):
             raise WarehouseError(
-                f"the API reads duckdb or postgres; target {self.type} is served through one of them"
+                f"the API reads duckdb or postgres; target {target.type} is served through one of them"
             )
+        super().__init__(target, read_only=True, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
 
     def records(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name."""
@@ -79,7 +43,7 @@ class ReadOnlyWarehouse(Warehouse):
                 names = [d.name for d in cur.description]
                 return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
         except (duckdb.Error, psycopg.Error) as exc:
-            raise WarehouseError(_first_line(exc)) from exc
+            raise WarehouseError(first_line(exc)) from exc
 
     def columns(self, schema: str, name: str) -> set[str]:
         return {

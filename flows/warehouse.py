@@ -29,30 +29,42 @@ class WarehouseError(RuntimeError):
 class Warehouse:
     """A connection to one target. Use as a context manager; `transaction()` for atomic work."""
 
-    def __init__(self, target: Target):
+    def __init__(
+        self, target: Target, read_only: bool = False, statement_timeout_ms: int | None = None
+    ):
+        """`read_only`: never takes DuckDB's write lock and refuses writes on PostgreSQL (readers
+        such as the API); `statement_timeout_ms` bounds each PostgreSQL statement."""
         self.target = target
         self.type = target.type
         if self.type == "duckdb":
             assert target.duckdb_path is not None
+            if read_only and not target.duckdb_path.exists():
+                raise WarehouseError(
+                    f"{target.describe()} does not exist yet: load data and run a cycle"
+                )
             target.duckdb_path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self._con = duckdb.connect(str(target.duckdb_path))
+                self._con = duckdb.connect(str(target.duckdb_path), read_only=read_only)
                 self._con.execute("set TimeZone = 'UTC'")
             except duckdb.Error as exc:
-                raise WarehouseError(
-                    f"cannot open {target.describe()}: {_first_line(exc)}"
-                ) from exc
+                raise WarehouseError(f"cannot open {target.describe()}: {first_line(exc)}") from exc
         elif self.type == "postgres":
+            options = "-c timezone=UTC"
+            if read_only:
+                options += " -c default_transaction_read_only=on"
+            if statement_timeout_ms:
+                options += f" -c statement_timeout={int(statement_timeout_ms)}"
             try:
                 self._con = psycopg.connect(
                     autocommit=True,
-                    options="-c timezone=UTC",
-                    connect_timeout=10,
+                    options=options,
+                    connect_timeout=3 if read_only else 10,
+                    application_name="water-readonly" if read_only else "water",
                     **target.pg_dsn_parts,
                 )
             except psycopg.Error as exc:
                 raise WarehouseError(
-                    f"cannot connect to {target.describe()}: {_first_line(exc)}"
+                    f"cannot connect to {target.describe()}: {first_line(exc)}"
                 ) from exc
         else:
             raise WarehouseError(
@@ -99,7 +111,7 @@ class Warehouse:
             else:
                 self._con.execute(sql, params)
         except (duckdb.Error, psycopg.Error) as exc:
-            raise WarehouseError(_first_line(exc)) from exc
+            raise WarehouseError(first_line(exc)) from exc
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
         try:
@@ -111,7 +123,7 @@ class Warehouse:
                 cur.execute(sql, params)
                 return cur.fetchall() if cur.description else []
         except (duckdb.Error, psycopg.Error) as exc:
-            raise WarehouseError(_first_line(exc)) from exc
+            raise WarehouseError(first_line(exc)) from exc
 
     def query_df(self, sql: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         try:
@@ -122,7 +134,7 @@ class Warehouse:
                 columns = [d.name for d in cur.description]
                 return pd.DataFrame(cur.fetchall(), columns=columns)
         except (duckdb.Error, psycopg.Error) as exc:
-            raise WarehouseError(_first_line(exc)) from exc
+            raise WarehouseError(first_line(exc)) from exc
 
     def scalar(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
         rows = self.query(sql, params)
@@ -142,6 +154,6 @@ def connect(target: Target) -> Warehouse:
     return Warehouse(target)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
