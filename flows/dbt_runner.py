@@ -2,14 +2,17 @@
 
 `dbtRunner` keeps dbt's start-up to ~0.6 s when warm (the CLI costs ~3.6 s), and gives
 back per-node results, so a failure names the model or test that failed.
-Prefect flows use `prefect_dbt.PrefectDbtRunner` through `flows.tasks` instead; both read
+Prefect flows use `prefect_dbt.PrefectDbtRunner` through `flows.flows` instead; both read
 the same `profiles.yml` and the same environment from `Target.dbt_env()`.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +21,32 @@ from pathlib import Path
 from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT, Target
 
 log = logging.getLogger(__name__)
+
+
+def serialize_ast_parse() -> None:
+    """Let one thread at a time build a Python AST in this process (idempotent).
+
+    CPython 3.11 keeps the AST constructor's recursion counter in interpreter-wide state
+    (python/cpython#106905). dbt compiles nodes in parallel threads and Jinja and dbt call
+    `ast.literal_eval` while doing so; when two calls interleave, one fails with "SystemError:
+    AST constructor recursion depth mismatch" and a random model or test errors. It broke a CI
+    run here. `ast.literal_eval` goes through the module's `parse`, so a lock there covers it.
+    """
+    if getattr(ast.parse, "water_serialized", False):
+        return
+    original = ast.parse
+    lock = threading.RLock()  # re-entrant: a finalizer run mid-parse may parse again
+
+    @functools.wraps(original)
+    def parse(*args, **kwargs):
+        with lock:
+            return original(*args, **kwargs)
+
+    parse.water_serialized = True  # type: ignore[attr-defined]
+    ast.parse = parse
+
+
+serialize_ast_parse()
 
 
 class DbtError(RuntimeError):

@@ -127,3 +127,37 @@ def test_dbt_unit_tests_pass_on_both_engines(target):
     assert (
         len(outcome.node_timings) >= 10
     )  # every unit test ran (and passed: run_dbt raises otherwise)
+
+
+def test_parallel_dbt_threads_never_build_two_python_asts_at_once(monkeypatch):
+    """dbt's threads call `ast.literal_eval`; on CPython 3.11 two interleaved AST builds can
+    fail with "AST constructor recursion depth mismatch", so the runner serialises them."""
+    import ast
+    import threading
+    import time
+
+    from flows import dbt_runner
+
+    real_parse = ast.parse.__wrapped__
+    inside, most_inside = 0, 0
+    counter = threading.Lock()
+
+    def probe(*args, **kwargs):
+        nonlocal inside, most_inside
+        with counter:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        time.sleep(0.02)  # long enough for the other threads to try to enter
+        with counter:
+            inside -= 1
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", probe)
+    dbt_runner.serialize_ast_parse()
+    threads = [threading.Thread(target=ast.literal_eval, args=("[1, (2, 3)]",)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most_inside == 1
+    assert ast.literal_eval("{'a': [1, 2]}") == {"a": [1, 2]}
