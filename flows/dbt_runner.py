@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT, Target
 
@@ -112,6 +113,15 @@ def run_dbt(
         finally:
             if target.type == "duckdb":
                 release_duckdb_file()
+    outcome = summarize(result, command)
+    if raise_on_failure and not outcome.success:
+        detail = "; ".join(outcome.failures) or "see dbt logs in dbt_project/logs"
+        raise DbtError(f"dbt {command} failed on {target.name}: {detail}")
+    return outcome
+
+
+def summarize(result: Any, command: str) -> DbtOutcome:
+    """A dbtRunnerResult (plain or from PrefectDbtRunner) as timings, row counts and failures."""
     outcome = DbtOutcome(success=bool(result.success))
     if result.exception is not None:
         outcome.failures.append(f"dbt {command}: {_first_line(result.exception)}")
@@ -125,9 +135,6 @@ def run_dbt(
         if status in ("error", "fail", "runtime error"):
             message = " ".join(str(getattr(node_result, "message", "") or status).split())[:400]
             outcome.failures.append(f"{name}: {message}")
-    if raise_on_failure and not outcome.success:
-        detail = "; ".join(outcome.failures) or "see dbt logs in dbt_project/logs"
-        raise DbtError(f"dbt {command} failed on {target.name}: {detail}")
     return outcome
 
 

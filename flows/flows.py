@@ -32,7 +32,7 @@ from flows.cycle import (
     run_cycle,
     run_model_job,
 )
-from flows.dbt_runner import DbtOutcome, dbt_environment, run_dbt
+from flows.dbt_runner import DbtOutcome, dbt_environment, run_dbt, summarize
 
 T = TypeVar("T")
 log = logging.getLogger("water.flows")
@@ -95,22 +95,7 @@ class PrefectSteps:
                 result = runner.invoke(args)
             except ValueError as exc:  # dbt raised (compile error, connection refused...)
                 return DbtOutcome(success=False, failures=[" ".join(str(exc).split())[:1000]])
-        return _outcome(result)
-
-
-def _outcome(result: Any) -> DbtOutcome:
-    outcome = DbtOutcome(success=bool(result.success))
-    for node_result in getattr(result.result, "results", None) or []:
-        node = getattr(node_result, "node", None)
-        name = getattr(node, "name", "?")
-        outcome.node_timings[name] = float(getattr(node_result, "execution_time", 0.0) or 0.0)
-        status = str(getattr(node_result, "status", "")).lower()
-        if status in ("error", "fail", "runtime error"):
-            message = " ".join(str(getattr(node_result, "message", "") or status).split())[:400]
-            outcome.failures.append(f"{name}: {message}")
-    if not outcome.success and not outcome.failures and result.exception is not None:
-        outcome.failures.append(" ".join(str(result.exception).split())[:1000])
-    return outcome
+        return summarize(result, "build")
 
 
 def _target(name: str | None) -> Target:
