@@ -13,6 +13,8 @@ WIDTHS = {"5min": 300, "1hour": 3600, "1day": 86400}
 MAX_GAP_S = 900
 RESET_RATIO = 0.5
 DEFAULT_CADENCE_S = 60
+# dbt var window_close_grace_s: an open window of a silent node closes this long after its end.
+WINDOW_CLOSE_GRACE = pd.Timedelta(seconds=7200)
 MEASURES = ["flow_rate", "pressure", "temperature", "volume"]
 
 
@@ -78,7 +80,12 @@ def _epoch_seconds(timestamps: pd.Series) -> pd.Series:
 def reference_metrics(
     raw: pd.DataFrame, cadence_by_node: dict[str, int] | None = None
 ) -> pd.DataFrame:
-    """computed_metrics rows (subset of columns) for every node, width and window."""
+    """computed_metrics rows (subset of columns) for every node, width and window.
+
+    5-minute windows appear as soon as they hold a reading; 1hour and 1day windows once they
+    are closed: the node has reported at or after their end, or the newest reading of any
+    node is WINDOW_CLOSE_GRACE past it.
+    """
     cadence_by_node = cadence_by_node or {}
     checked = validate(raw)
     readings = deduplicate(checked[checked["is_valid"]]).copy()
@@ -111,7 +118,15 @@ def reference_metrics(
         frames.append(
             frame.drop(columns=["window_start_s", "delta_count", "delta_sum", "sensor_quality"])
         )
-    return pd.concat(frames, ignore_index=True)
+    metrics = pd.concat(frames, ignore_index=True)
+    node_clock = metrics["node_id"].map(readings.groupby("node_id")["timestamp"].max())
+    network_close = readings["timestamp"].max() - WINDOW_CLOSE_GRACE
+    closed = (
+        (metrics["time_window"] == "5min")
+        | (metrics["window_end"] <= node_clock)
+        | (metrics["window_end"] <= network_close)
+    )
+    return metrics[closed].reset_index(drop=True)
 
 
 def row_accounting(raw: pd.DataFrame) -> dict[str, int]:

@@ -208,3 +208,38 @@ def test_every_input_row_is_accounted_for(target, readings, tmp_path):
         "quality_score_out_of_range",
     } <= codes
     assert repeats >= 3  # the generator's injected duplicates
+
+
+def test_hours_and_days_are_published_once_closed_even_for_a_node_that_fell_silent(
+    target, readings, tmp_path
+):
+    """A 1hour/1day window appears once its node reported past its end, or once the network's
+    clock is the grace past it: never an open partial window (its window_end in the future
+    would make a silent node look fresh), never a silent node's last partial hour lost."""
+    silent_from = START + timedelta(hours=30, minutes=10)
+    frame = readings[(readings["node_id"] != "N0003") | (readings["timestamp"] < silent_from)]
+    cuts = [START + timedelta(hours=31), START + timedelta(hours=33, minutes=30)]
+    batches = [
+        frame[frame["timestamp"] < cuts[0]],
+        frame[(frame["timestamp"] >= cuts[0]) & (frame["timestamp"] < cuts[1])],
+        frame[frame["timestamp"] >= cuts[1]],
+    ]
+    cadences = _register_nodes(target)
+    silent_hour = ("N0003", "1hour", pd.Timestamp(START + timedelta(hours=30)))
+    silent_day = ("N0003", "1day", pd.Timestamp(START + timedelta(days=1)))
+    for step, batch in enumerate(batches):
+        with connect(target) as wh:
+            load_files(wh, [_write(batch, tmp_path / f"batch{step}.parquet")], progress=False)
+        run_cycle(target)
+        actual = _published(target)
+        _assert_same_metrics(actual, reference_metrics(_raw(target), cadences))
+        keys = set(actual[KEY].itertuples(index=False, name=None))
+        # closed by the network's clock alone in the second cycle, without a new N0003 reading
+        assert (silent_hour in keys) == (step >= 1)
+        assert silent_day not in keys  # still open: nobody reported past its end
+        # so the freshness query's MAX(window_end) never runs ahead of a node's own readings
+        # by more than one 5-minute window, unless the whole network has moved 2 hours past it
+        closing = pd.Timestamp(actual["last_reading_at"].max()) - pd.Timedelta(hours=2)
+        for _, rows in actual.groupby("node_id"):
+            node_clock = pd.Timestamp(rows["last_reading_at"].max())
+            assert rows["window_end"].max() <= max(node_clock + pd.Timedelta(minutes=5), closing)

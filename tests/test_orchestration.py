@@ -213,13 +213,8 @@ def test_end_to_end_cycles_account_for_every_row(target, tmp_path, redis_server)
     assert client.get(STATUS_KEY) is not None and third.publish["status"] == "published"
 
     if target.type == "postgres":
-        # The seed's freshness query, unmodified, should name exactly the node silent for 3 hours.
-        lagging = {row[0] for row in pg_rows(target, SEED_FRESHNESS)}
-        if lagging != {"N0003"}:
-            # MAX(window_end) spans all time windows, and the in-progress 1day (and 1hour) window
-            # ends in the future by contract (window_end = window_start + width), so a silent
-            # node looks fresh. Needs a decision on computed_metrics (see docs/operations.md).
-            pytest.xfail(f"seed freshness query answered {sorted(lagging)} instead of ['N0003']")
+        # The seed's freshness query, unmodified, names exactly the node silent for 3 hours.
+        assert {row[0] for row in pg_rows(target, SEED_FRESHNESS)} == {"N0003"}
 
 
 def pg_rows(target: Target, sql: str) -> list[tuple]:

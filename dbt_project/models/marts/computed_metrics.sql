@@ -15,10 +15,43 @@
     anomalies re-derived or retracted) or an anomaly published since the last run.
     anomaly_count = node-level anomalies of the node whose window_start lies in the window
     (district-level ones have node_id 'district:<name>' and count nowhere here).
-    computed_at = when this row was last merged, the model's own watermark. -#}
+    computed_at = when this row was last merged, the model's own watermark.
+
+    A 1hour or 1day window is published once it is closed: the node has reported at or after
+    window_end, or the network's clock (its newest reading) is `window_close_grace_s` past
+    window_end, so the last partial hour and day of a node that fell silent still appear.
+    An open one would present a partial total as the hour's or day's, and its window_end, in
+    the future, would make a silent node look fresh to the monitoring query
+    `NOW() - MAX(window_end) > INTERVAL '1 hour'`; this way MAX(window_end) is within
+    5 minutes of the node's last reading, or at least the grace (default 2 hours) in the
+    past. 5-minute windows are published as they fill, so the hot cache shows the newest
+    readings. Windows that close in this run are merged even when no new reading falls in
+    them.
+    -#}
 {%- set widths = {'5min': 300, '1hour': 3600, '1day': 86400} -%}
 -- depends_on: {{ ref('int_metrics_scored') }}
 with
+
+node_clocks as (
+
+    select node_id, max(last_reading_at) as clock_at
+    from {{ ref('int_metrics_windowed') }}
+    where time_window = '1day'
+    group by node_id
+
+),
+
+closing_clocks as (
+
+    select
+        node_id,
+        greatest(
+            clock_at,
+            {{ add_seconds('(select max(clock_at) from node_clocks)', -var('window_close_grace_s')) }}
+        ) as closed_until
+    from node_clocks
+
+),
 
 {% if is_incremental() %}
 
@@ -60,15 +93,53 @@ changed_windows as (
 
 ),
 
+{#- Windows close in order of window_end and each run publishes every window that closed, so
+    all a node's 1hour and 1day windows ending by its latest published one are published:
+    the windows that can have closed since end later, up to the node's closing clock. -#}
+published_windows as (
+
+    select
+        closing_clocks.node_id,
+        closing_clocks.closed_until,
+        coalesce(max(published.window_end), {{ utc_timestamp('1970-01-01 00:00:00+00') }}) as published_until
+    from closing_clocks
+    left join {{ this }} as published
+        on closing_clocks.node_id = published.node_id
+        and published.time_window <> '5min'
+    group by closing_clocks.node_id, closing_clocks.closed_until
+
+),
+
+closed_windows as (
+
+    select candidates.node_id, candidates.time_window, candidates.window_start
+    from {{ ref('int_metrics_windowed') }} as candidates
+    inner join published_windows on candidates.node_id = published_windows.node_id
+    where candidates.time_window <> '5min'
+        and candidates.window_end <= published_windows.closed_until
+        and candidates.window_end > published_windows.published_until
+        -- implied by the line above (no window is wider than a day); lets PostgreSQL use the key index
+        and candidates.window_start > {{ add_seconds('published_windows.published_until', -86400) }}
+
+),
+
+publishable_windows as (
+
+    select * from changed_windows
+    union distinct
+    select * from closed_windows
+
+),
+
 windowed as (
 
     select all_windows.*
     from {{ ref('int_metrics_windowed') }} as all_windows
-    inner join changed_windows
-        on all_windows.node_id = changed_windows.node_id
-        and all_windows.time_window = changed_windows.time_window
-        and all_windows.window_start = changed_windows.window_start
-    where all_windows.window_start >= (select min(window_start) from changed_windows)
+    inner join publishable_windows
+        on all_windows.node_id = publishable_windows.node_id
+        and all_windows.time_window = publishable_windows.time_window
+        and all_windows.window_start = publishable_windows.window_start
+    where all_windows.window_start >= (select min(window_start) from publishable_windows)
 
 ),
 
@@ -87,7 +158,7 @@ node_anomalies as (
     select published.node_id, published.window_start
     from {{ ref('anomalies') }} as published
     {% if is_incremental() %}
-    where published.window_start >= (select min(window_start) from changed_windows)
+    where published.window_start >= (select min(window_start) from publishable_windows)
     {% endif %}
 
 ),
@@ -141,6 +212,8 @@ final as (
         on windowed.node_id = anomaly_counts.node_id
         and windowed.time_window = anomaly_counts.time_window
         and windowed.window_start = anomaly_counts.window_start
+    inner join closing_clocks on windowed.node_id = closing_clocks.node_id
+    where windowed.time_window = '5min' or windowed.window_end <= closing_clocks.closed_until
 
 )
 

@@ -38,9 +38,12 @@ holidays as (
 
 ),
 
+{#- The network's newest reading; from the 5-minute windows, which are published as they
+    fill (computed_metrics publishes an hour only once it is closed). -#}
 data_clock as (
 
-    select max(last_reading_at) as data_clock_at from hourly_metrics
+    select max(last_reading_at) as data_clock_at from {{ ref('computed_metrics') }}
+    where time_window = '5min'
 
 ),
 
