@@ -34,10 +34,9 @@ with
 
 node_clocks as (
 
-    select node_id, max(last_reading_at) as clock_at
-    from {{ ref('int_metrics_windowed') }}
-    where time_window = '1day'
-    group by node_id
+    select node_id, last_reading_at as clock_at
+    from {{ ref('nodes') }}
+    where last_reading_at is not null
 
 ),
 
