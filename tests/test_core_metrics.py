@@ -17,7 +17,7 @@ from flows.loaders.files import load_files
 from flows.loaders.synthetic import Fault, SyntheticConfig, generate, node_metadata
 from flows.nodes import upsert_nodes
 from flows.warehouse import connect
-from tests.reference import reference_metrics, row_accounting
+from tests.reference import WINDOW_CLOSE_GRACE, reference_metrics, row_accounting
 
 START = datetime(2024, 3, 30, tzinfo=UTC)  # spans the Europe/Rome DST switch of 2024-03-31
 KEY = ["node_id", "time_window", "window_start"]
@@ -239,7 +239,7 @@ def test_hours_and_days_are_published_once_closed_even_for_a_node_that_fell_sile
         assert silent_day not in keys  # still open: nobody reported past its end
         # so the freshness query's MAX(window_end) never runs ahead of a node's own readings
         # by more than one 5-minute window, unless the whole network has moved 2 hours past it
-        closing = pd.Timestamp(actual["last_reading_at"].max()) - pd.Timedelta(hours=2)
+        closing = pd.Timestamp(actual["last_reading_at"].max()) - WINDOW_CLOSE_GRACE
         for _, rows in actual.groupby("node_id"):
             node_clock = pd.Timestamp(rows["last_reading_at"].max())
             assert rows["window_end"].max() <= max(node_clock + pd.Timedelta(minutes=5), closing)
