@@ -19,8 +19,12 @@ from flows.publish import (
     ALERTING_SEVERITIES,
     ANOMALY_COLUMNS,
     ANOMALY_STATUS_LOOKBACK,
+    EFFICIENCY_LATEST,
+    EFFICIENCY_LATEST_SQL,
     NETWORK_DISTRICT,
     SERIES_COLUMNS,
+    efficiency_entries,
+    empty_efficiency_entry,
     node_status,
 )
 
@@ -213,28 +217,16 @@ def predictions(wh: ReadOnlyWarehouse, node_id: str) -> list[dict[str, Any]] | N
 
 
 def efficiency(wh: ReadOnlyWarehouse) -> dict[str, Any] | None:
-    """Latest hourly and daily network_efficiency row of the network and of each district,
+    """Latest complete hour and day, and the open ones, of the network and of each district,
     as flows.publish selects them for the cache."""
-    if not exists(wh, "network_efficiency"):
+    if not exists(wh, EFFICIENCY_LATEST):
         return None
-    rows = wh.records(
-        "select * from (select e.*, row_number() over (partition by district, time_window"
-        f" order by window_start desc) as latest_rank from {S}.network_efficiency as e"
-        " where time_window in ('1hour', '1day')) as ranked where latest_rank = 1"
-    )
-    network: dict[str, Any] = {"hourly": None, "daily": None}
-    districts: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        r.pop("latest_rank", None)
-        period = "hourly" if r["time_window"] == "1hour" else "daily"
-        if r["district"] == NETWORK_DISTRICT:
-            network[period] = _row(r)
-        else:
-            name = str(r["district"])
-            districts.setdefault(name, {"district": name, "hourly": None, "daily": None})[
-                period
-            ] = _row(r)
-    return {"network": network, "districts": [districts[k] for k in sorted(districts)]}
+    entries = efficiency_entries([_row(r) for r in wh.records(EFFICIENCY_LATEST_SQL)])
+    network = entries.pop(NETWORK_DISTRICT, None) or empty_efficiency_entry()
+    return {
+        "network": network,
+        "districts": [{"district": d, **entries[d]} for d in sorted(entries)],
+    }
 
 
 # -- processing jobs -------------------------------------------------------------------------

@@ -130,8 +130,18 @@ class AnomaliesResponse(FromSnapshot):
 
 
 class EfficiencyPair(BaseModel):
-    hourly: dict[str, Any] | None
-    daily: dict[str, Any] | None
+    """Latest is the latest COMPLETE period; the open one is apart, marked partial."""
+
+    hourly: dict[str, Any] | None = Field(
+        description="Latest complete hour (period_status complete)."
+    )
+    daily: dict[str, Any] | None = Field(description="Latest complete local day.")
+    hourly_partial: dict[str, Any] | None = Field(
+        default=None, description="The open hour so far (period_status partial), if any."
+    )
+    daily_partial: dict[str, Any] | None = Field(
+        default=None, description="The open local day so far (period_status partial), if any."
+    )
 
 
 class DistrictEfficiency(EfficiencyPair):

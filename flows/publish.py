@@ -302,26 +302,42 @@ def _forecasts(wh: Warehouse, now: datetime, snap: Snapshot) -> dict[str, list[d
     return out
 
 
-def _efficiency(wh: Warehouse, snap: Snapshot) -> dict[str, dict[str, Any]]:
-    """Latest hourly and daily water-balance row per district and for the whole network."""
-    if not wh.relation_exists(S, "network_efficiency"):
-        snap.skipped["efficiency"] = f"{S}.network_efficiency does not exist yet"
-        return {}
-    rows = _records(
-        wh,
-        "select * from (select e.*, row_number() over (partition by district, time_window"
-        " order by window_start desc) as publish_rank"
-        f" from {S}.network_efficiency as e where time_window in ('1hour', '1day')) as ranked"
-        " where publish_rank = 1",
-    )
+# network_efficiency_latest holds, per area and time_window, the latest complete period and
+# the open one (period_status complete | partial); the API's database fallback reads it too.
+EFFICIENCY_LATEST = "network_efficiency_latest"
+EFFICIENCY_LATEST_SQL = f"select * from {S}.{EFFICIENCY_LATEST} order by district, time_window"
+_EFFICIENCY_PERIODS = {
+    ("1hour", "complete"): "hourly",
+    ("1day", "complete"): "daily",
+    ("1hour", "partial"): "hourly_partial",
+    ("1day", "partial"): "daily_partial",
+}
+
+
+def empty_efficiency_entry() -> dict[str, Any]:
+    return dict.fromkeys(_EFFICIENCY_PERIODS.values())
+
+
+def efficiency_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """district -> {hourly, daily, hourly_partial, daily_partial}: the latest complete hour
+    and day, and the open hour and day so far (None when there is none)."""
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
-        row.pop("publish_rank", None)
-        district = row["district"]
-        key = NETWORK_EFFICIENCY_KEY if district == NETWORK_DISTRICT else district_key(district)
-        entry = out.setdefault(key, {"hourly": None, "daily": None})
-        entry["hourly" if row["time_window"] == "1hour" else "daily"] = row
+        entry = out.setdefault(row["district"], empty_efficiency_entry())
+        entry[_EFFICIENCY_PERIODS[(row["time_window"], row["period_status"])]] = row
     return out
+
+
+def _efficiency(wh: Warehouse, snap: Snapshot) -> dict[str, dict[str, Any]]:
+    """The water balance per district and for the whole network (efficiency_entries)."""
+    if not wh.relation_exists(S, EFFICIENCY_LATEST):
+        snap.skipped["efficiency"] = f"{S}.{EFFICIENCY_LATEST} does not exist yet"
+        return {}
+    entries = efficiency_entries(_records(wh, EFFICIENCY_LATEST_SQL))
+    return {
+        NETWORK_EFFICIENCY_KEY if district == NETWORK_DISTRICT else district_key(district): entry
+        for district, entry in entries.items()
+    }
 
 
 # --------------------------------------------------------------------------- series encoding

@@ -347,17 +347,22 @@ def test_network_efficiency_matches_the_mart(client, platform):
         assert body == {**body, "available": False, "network": None, "districts": []}
         return
     latest = platform.rows(
-        "select district, time_window, max(window_start) as window_start"
-        " from water_infrastructure.network_efficiency group by district, time_window"
+        "select district, time_window, period_status, window_start"
+        " from water_infrastructure.network_efficiency_latest"
     )
-    expected = {(r["district"], r["time_window"]): r["window_start"] for r in latest}
+    periods = {("1hour", "complete"): "hourly", ("1day", "complete"): "daily"}
+    periods |= {(w, "partial"): f"{p}_partial" for (w, _), p in periods.items()}
+    expected = {(r["district"], periods[r["time_window"], r["period_status"]]): r for r in latest}
     assert body["available"] is True
-    assert as_time(body["network"]["hourly"]["window_start"]) == expected[("(network)", "1hour")]
-    assert as_time(body["network"]["daily"]["window_start"]) == expected[("(network)", "1day")]
     districts = sorted({d for d, _ in expected if d != "(network)"})
     assert [d["district"] for d in body["districts"]] == districts
-    for entry in body["districts"]:
-        assert as_time(entry["hourly"]["window_start"]) == expected[(entry["district"], "1hour")]
+    for entry in [{**body["network"], "district": "(network)"}, *body["districts"]]:
+        for period in periods.values():
+            row, want = entry[period], expected.get((entry["district"], period))
+            assert (row is None) == (want is None), (entry["district"], period)
+            if row is not None:
+                assert as_time(row["window_start"]) == want["window_start"]
+                assert row["period_status"] == want["period_status"]
     one = districts[0]
     only = get(client, "/api/v1/network/efficiency", district=one)["districts"]
     assert [d["district"] for d in only] == [one]

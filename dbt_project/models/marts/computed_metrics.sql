@@ -32,23 +32,9 @@
 -- depends_on: {{ ref('int_metrics_scored') }}
 with
 
-node_clocks as (
-
-    select node_id, last_reading_at as clock_at
-    from {{ ref('nodes') }}
-    where last_reading_at is not null
-
-),
-
 closing_clocks as (
 
-    select
-        node_id,
-        greatest(
-            clock_at,
-            {{ add_seconds('(select max(clock_at) from node_clocks)', -var('window_close_grace_s')) }}
-        ) as closed_until
-    from node_clocks
+    {{ node_closing_clocks(ref('nodes')) }}
 
 ),
 
