@@ -182,6 +182,21 @@ def load(
 
 
 @main.command()
+@target_option
+@command
+def init(target_name):
+    """Create every table dbt's sources read, so `dbt build` works on a new warehouse."""
+    from flows.cycle import prepare_target
+
+    target = _target(target_name)
+    prepare_target(target)
+    click.echo(
+        f"source tables ready in {target.describe()} (raw, jobs, quality checks, ML);"
+        " `dbt build` can run"
+    )
+
+
+@main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @target_option
 @command

@@ -230,10 +230,14 @@ def new_cycle_id() -> str:
 
 
 def prepare_target(target: Target) -> None:
-    """Raw tables (so dbt's sources resolve before a first load) and the job tables."""
+    """Every table dbt's sources read (raw, jobs, quality checks, ML outputs and registry), so
+    `dbt build` resolves them before a first load; `water init` is this alone."""
+    from flows.quality import ensure_quality_table
+
     with open_warehouse(target) as wh:
         ensure_raw_tables(wh)
         ensure_job_tables(wh)
+        ensure_quality_table(wh)
     _ensure_ml_tables(target)
 
 
@@ -362,7 +366,10 @@ class _Run:
                     self.job.job_id,
                     _one_line(record_exc),
                 )
-        return CycleFailed(message)
+        failure = CycleFailed(message)
+        failure.result = self.result  # for the run summary and the failure notification
+        failure.failed_step = failed_step
+        return failure
 
     def end(self) -> None:
         self.lock.release()
