@@ -42,7 +42,7 @@ serve: install  ## schedule and serve every Prefect deployment (starts a local s
 # `prefect deploy --all` against the server in PREFECT_API_URL; then run `make worker`.
 deploy: install
 	$(BIN)/prefect work-pool inspect water-local >/dev/null 2>&1 || $(BIN)/prefect work-pool create water-local --type process
-	WATER_LOCAL_TIMEZONE=$${WATER_LOCAL_TIMEZONE:-Europe/Rome} $(BIN)/prefect --no-prompt deploy --all
+	$(BIN)/prefect --no-prompt deploy --all
 
 worker: install  ## a process worker for the deployments registered by `make deploy`
 	$(BIN)/prefect worker start --pool water-local

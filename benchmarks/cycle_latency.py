@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument(
         "--dbt-node-tasks",
         choices=("on", "off"),
-        default=os.environ.get("WATER_DBT_NODE_TASKS", "1") not in ("0", "false", "no")
+        default=os.environ.get("WATER_DBT_NODE_TASKS", "0") in ("1", "true", "yes")
         and "on"
         or "off",
         help="Prefect paths: one task per dbt node (PrefectDbtRunner) or one task for the build.",

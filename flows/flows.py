@@ -3,9 +3,12 @@
 Deployments (schedules, parameters, concurrency) are declared in `prefect.yaml`;
 `water serve` serves them all from one process. Each step of a cycle is a Prefect task
 (retries with exponential backoff on transient database/Redis errors, a timeout per step),
-and dbt runs through `prefect_dbt.PrefectDbtRunner`, so every dbt model and test shows up
-as its own task. Cycles never overlap: the run lock in the target database skips (and
-records) a trigger that finds one running, whoever triggered it.
+and the dbt build is one of them; with WATER_DBT_NODE_TASKS=1 dbt runs through
+`prefect_dbt.PrefectDbtRunner` and every dbt model and test shows up as its own task. A
+cycle or backfill leaves a markdown summary artifact; a failed, gate-blocked or crashed run
+posts a notification to WATER_NOTIFY_URL (flows/report.py). Cycles never overlap: the run
+lock in the target database skips (and records) a trigger that finds one running, whoever
+triggered it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from prefect.tasks import exponential_backoff
 from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT, Target, load_settings
 from flows.cycle import (
     STEP_TIMEOUTS_S,
+    CycleFailed,
     CycleResult,
     cycle_dbt_args,
     is_transient,
@@ -33,6 +37,7 @@ from flows.cycle import (
     run_model_job,
 )
 from flows.dbt_runner import DbtOutcome, dbt_environment, run_dbt, summarize
+from flows.report import failure_payload, new_anomalies, notify, run_markdown
 
 T = TypeVar("T")
 log = logging.getLogger("water.flows")
@@ -73,9 +78,10 @@ class PrefectSteps:
         return step(*args, **kwargs)
 
     def dbt_build(self, target: Target, select: Sequence[str] = ()) -> DbtOutcome:
-        if os.environ.get("WATER_DBT_NODE_TASKS", "1").strip().lower() in ("0", "false", "no"):
-            # One task for the whole build: much less Prefect bookkeeping per cycle (see the
-            # benchmark in docs/operations.md), no per-model tasks in the UI.
+        if os.environ.get("WATER_DBT_NODE_TASKS", "0").strip().lower() not in ("1", "true", "yes"):
+            # Default: the build runs inside its cycle step's task, so a cycle is a handful of
+            # task runs and much less Prefect bookkeeping (docs/operations.md); failures still
+            # name the dbt node. WATER_DBT_NODE_TASKS=1 gives one task per dbt node instead.
             return run_dbt(target, "build", cycle_dbt_args(select))
         from dbt_common.events.base_types import EventLevel
         from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
@@ -122,6 +128,63 @@ def _run_context() -> tuple[str, str | None]:
         return f"prefect:{deployment.get_name()}", run_id
 
 
+def _ui_url(run_id: str) -> str | None:
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value()
+    return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base else None
+
+
+def notify_failure(flow, flow_run, state) -> None:
+    """Flow state hook (failed or crashed): post the failure to WATER_NOTIFY_URL, if set."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as error:  # noqa: BLE001 - the state may hold no result at all
+        exc = error
+    message = " ".join(str(state.message or exc or state.name).split())[:2000]
+    payload = failure_payload(
+        flow.name,
+        flow_run.name,
+        str(flow_run.id),
+        state.name,
+        message,
+        getattr(exc, "failed_step", None),
+        _ui_url(str(flow_run.id)),
+    )
+    if notify(payload):
+        get_run_logger().info("failure notification sent (%s)", payload["kind"])
+
+
+def _summarise(result: CycleResult) -> None:
+    """The run's markdown summary as a Prefect artifact (key water-<kind>-summary)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    try:
+        anomalies = new_anomalies(_target(result.target), result.started_at)
+    except Exception as exc:  # noqa: BLE001 - a summary must not fail the run it summarises
+        log.warning("run summary without anomalies: %s", exc)
+        anomalies = None
+    create_markdown_artifact(
+        markdown=run_markdown(result, anomalies),
+        key=f"water-{result.kind}-summary",
+        description=f"{result.kind} {result.cycle_id}: {result.status}",
+    )
+
+
+def _summarised(run: Callable[[], CycleResult]) -> CycleResult:
+    """Run, and leave the summary artifact whether the run completes or fails."""
+    try:
+        result = run()
+    except CycleFailed as failure:
+        result = getattr(failure, "result", None)
+        if result is not None:
+            _summarise(result)
+        raise
+    if result.status != "skipped":
+        _summarise(result)
+    return result
+
+
 def _finish(result: CycleResult) -> Any:
     summary = {
         "job_id": result.job_id,
@@ -147,7 +210,13 @@ def _finish(result: CycleResult) -> Any:
     return summary
 
 
-@flow(name="processing-cycle", timeout_seconds=3600, log_prints=True)
+@flow(
+    name="processing-cycle",
+    timeout_seconds=3600,
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def processing_cycle(
     target: str | None = None,
     source: str | None = None,
@@ -156,18 +225,26 @@ def processing_cycle(
     """Load what is new from `source` (files/glob, `synthetic`, `bigquery`; none: only what
     was loaded since the last cycle), gate, dbt build, gate, score, publish, record."""
     triggered_by, run_id = _run_context()
-    result = run_cycle(
-        _target(target),
-        source=source,
-        synthetic_config=_synthetic_config(synthetic) if source == "synthetic" else None,
-        triggered_by=triggered_by,
-        flow_run_id=run_id,
-        steps=PrefectSteps(),
+    result = _summarised(
+        lambda: run_cycle(
+            _target(target),
+            source=source,
+            synthetic_config=_synthetic_config(synthetic) if source == "synthetic" else None,
+            triggered_by=triggered_by,
+            flow_run_id=run_id,
+            steps=PrefectSteps(),
+        )
     )
     return _finish(result)
 
 
-@flow(name="backfill", timeout_seconds=24 * 3600, log_prints=True)
+@flow(
+    name="backfill",
+    timeout_seconds=24 * 3600,
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def backfill(
     start_date: date,
     end_date: date,
@@ -180,22 +257,30 @@ def backfill(
     after a kill continues with the first chunk not completed."""
     triggered_by, run_id = _run_context()
     logger = get_run_logger()
-    result = run_backfill(
-        _target(target),
-        [source],
-        start_date,
-        end_date,
-        chunk_days=chunk_days,
-        synthetic_config=_synthetic_config(synthetic) if source == "synthetic" else None,
-        triggered_by=triggered_by,
-        flow_run_id=run_id,
-        steps=PrefectSteps(),
-        on_chunk=lambda s, e, what: logger.info("chunk %s..%s: %s", s, e, what),
+    result = _summarised(
+        lambda: run_backfill(
+            _target(target),
+            [source],
+            start_date,
+            end_date,
+            chunk_days=chunk_days,
+            synthetic_config=_synthetic_config(synthetic) if source == "synthetic" else None,
+            triggered_by=triggered_by,
+            flow_run_id=run_id,
+            steps=PrefectSteps(),
+            on_chunk=lambda s, e, what: logger.info("chunk %s..%s: %s", s, e, what),
+        )
     )
     return _finish(result)
 
 
-@flow(name="evaluate-models", timeout_seconds=3600, log_prints=True)
+@flow(
+    name="evaluate-models",
+    timeout_seconds=3600,
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def evaluate_models(target: str | None = None) -> Any:
     """Daily: evaluate served predictions whose targets are now observed."""
     triggered_by, run_id = _run_context()
@@ -210,7 +295,13 @@ def evaluate_models(target: str | None = None) -> Any:
     )
 
 
-@flow(name="retrain-models", timeout_seconds=3 * 3600, log_prints=True)
+@flow(
+    name="retrain-models",
+    timeout_seconds=3 * 3600,
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def retrain_models(target: str | None = None, model_type: str | None = None) -> Any:
     """Weekly: train challengers and promote those that beat the champion."""
     triggered_by, run_id = _run_context()

@@ -169,6 +169,19 @@ def api_is_up(api_url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def local_server_env(port: int) -> dict[str, str]:
+    """Settings of the local server: its UI talks to this port's API (Prefect's UI would
+    otherwise call the default :4200 and show nothing), and no telemetry or promotions."""
+    return {
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+        "DO_NOT_TRACK": "1",
+    }
+
+
 @contextmanager
 def prefect_api(port: int = 4200, echo: Callable[[str], None] = print) -> Iterator[str]:
     """PREFECT_API_URL if set; else a local server on 127.0.0.1 (reused if one answers)."""
@@ -185,11 +198,7 @@ def prefect_api(port: int = 4200, echo: Callable[[str], None] = print) -> Iterat
         yield api_url
         return
     echo(f"starting a local Prefect server on http://127.0.0.1:{port} (first start takes ~25 s)")
-    env = {
-        **os.environ,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
+    env = {**os.environ, **local_server_env(port)}
     server = subprocess.Popen(  # noqa: S603 - fixed argv
         [
             sys.executable,

@@ -98,6 +98,7 @@ def test_every_flow_imports_and_each_prefect_yaml_entrypoint_resolves(monkeypatc
         "evaluate-models",
         "retrain-models",
     }
+    # prefect.yaml itself carries the time zone: no variable needed, none honoured.
     monkeypatch.setenv("WATER_LOCAL_TIMEZONE", "America/Chicago")
     specs = deployment_specs()
     assert len(specs) == len({s.name for s in specs}) >= 5
@@ -108,9 +109,9 @@ def test_every_flow_imports_and_each_prefect_yaml_entrypoint_resolves(monkeypatc
         assert load_flow_from_entrypoint(spec.entrypoint).name == flow.name
         assert set(spec.parameters) <= set(flow.parameters.properties), spec.name
     crons = {s.name: [(x["cron"], x["timezone"]) for x in s.schedules] for s in specs}
-    assert crons["every-30-minutes"] == [("*/30 * * * *", "America/Chicago")]
-    assert crons["daily-evaluation"] == [("0 2 * * *", "America/Chicago")]
-    assert crons["weekly-retraining"] == [("0 3 * * 0", "America/Chicago")]
+    assert crons["every-30-minutes"] == [("*/30 * * * *", "Europe/Rome")]
+    assert crons["daily-evaluation"] == [("0 2 * * *", "Europe/Rome")]
+    assert crons["weekly-retraining"] == [("0 3 * * 0", "Europe/Rome")]
     assert crons["on-demand"] == [] and crons["historical-load"] == []
 
     deployments = {d.name: d for d in build_deployments(specs, target="duckdb")}
@@ -118,7 +119,7 @@ def test_every_flow_imports_and_each_prefect_yaml_entrypoint_resolves(monkeypatc
     assert cycle.concurrency_limit == 1
     assert cycle.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert cycle.parameters["target"] == "duckdb"
-    assert cycle.schedules[0].schedule.timezone == "America/Chicago"
+    assert cycle.schedules[0].schedule.timezone == "Europe/Rome"
     assert deployments["historical-load"].parameters["chunk_days"] == 1
 
 
