@@ -66,14 +66,23 @@ def _parse_date(_ctx, _param, value: str | None) -> date | None:
         raise click.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
 
 
+# Long-lived servers log instead of printing step lines.
+_QUIET_COMMANDS = ("api", "serve")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """water-infrastructure: ELT for a water utility's sensor network."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if ctx.invoked_subcommand not in _QUIET_COMMANDS:
+        from flows import progress
+
+        progress.enable()  # steps as they happen (plain lines unless on a terminal)
 
 
 @main.command()

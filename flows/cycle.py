@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 
+from flows import progress
 from flows.config import PUBLISHED_SCHEMA, Target
 from flows.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
 from flows.jobs import (
@@ -325,7 +326,8 @@ class _Run:
                 note_progress(wh, self.job, name)
         t0 = time.perf_counter()
         try:
-            value = self.steps.run(name, fn, *args, **kwargs)
+            with progress.step(f"{self.kind} {name}"):
+                value = self.steps.run(name, fn, *args, **kwargs)
         except BaseException as exc:
             detail = {**getattr(exc, "detail", {}), "error": _one_line(exc)}
             self.record(name, StepRecord("failed", time.perf_counter() - t0, detail))

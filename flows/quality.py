@@ -744,7 +744,10 @@ def run_suites(
     for stage, names in STAGES.items():
         chosen = [n for n in names if suite is None or n == suite]
         if chosen:
-            results.append(_run_stage(target, stage, run_id, chosen, _latest_since))
+            from flows import progress
+
+            with progress.step(f"validate {stage} ({', '.join(chosen)})"):
+                results.append(_run_stage(target, stage, run_id, chosen, _latest_since))
     return results
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from flows import progress
 from flows.config import Target
 from flows.warehouse import connect
 from ml.config import MODEL_TYPES, MLConfig
@@ -120,7 +121,8 @@ def train(
             "anomaly": _train_anomaly,
             "leakage": _train_leakage,
         }[kind]
-        result = trainer(target, features if kind != "leakage" else daily, config)
+        with progress.step(f"train {kind}"):
+            result = trainer(target, features if kind != "leakage" else daily, config)
         result.seconds = time.perf_counter() - started
         log.info("%s", result.summary)
         results.append(result)

@@ -23,8 +23,8 @@ from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
-from tqdm import tqdm
 
+from flows import progress as show
 from flows.raw_store import (
     MEASUREMENT_COLUMNS,
     READING_COLUMNS,
@@ -129,8 +129,12 @@ def load_files(
     ensure_raw_tables(wh)
     results = []
     files = expand_sources(patterns)
-    for path in tqdm(files, desc="files", unit="file", disable=not progress or len(files) < 2):
-        results.append(load_file(wh, path, dates, progress=progress, source=source))
+    for path in files:
+        if progress:
+            with show.step(f"load {path}"):
+                results.append(load_file(wh, path, dates, progress=progress, source=source))
+        else:
+            results.append(load_file(wh, path, dates, progress=progress, source=source))
     return results
 
 
@@ -372,12 +376,8 @@ def _copy_to_postgres(
             wh.raw_connection.cursor() as cur,
             cur.copy(f"copy raw.sensor_readings ({columns}) from stdin (format csv)") as copy,
             csv_path.open("rb") as fh,
-            tqdm(
-                total=size,
-                unit="B",
-                unit_scale=True,
-                desc=path.name,
-                disable=not progress or size < 8 * _COPY_CHUNK_BYTES,
+            show.counter(
+                size if progress else 0, f"COPY {path.name}", "B", 8 * _COPY_CHUNK_BYTES
             ) as bar,
         ):
             for chunk in iter(lambda: fh.read(_COPY_CHUNK_BYTES), b""):

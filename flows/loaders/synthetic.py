@@ -1109,13 +1109,10 @@ def write_parquet(config: SyntheticConfig, path: str | Path, progress: bool = Fa
     batches = iter_batches(config)  # validates before touching the filesystem
     bar = None
     if progress:
-        from tqdm import tqdm
+        from flows import progress as show
 
-        bar = tqdm(
-            total=config.nodes * _n_steps(config) + config.bad_rows,
-            unit="rows",
-            unit_scale=True,
-            desc=f"synthetic {path.name}",
+        bar = show.counter(
+            config.nodes * _n_steps(config) + config.bad_rows, f"generate {path.name}", "rows"
         )
     rows = 0
     try:
