@@ -164,11 +164,14 @@ def _summarise(result: CycleResult) -> None:
     except Exception as exc:  # noqa: BLE001 - a summary must not fail the run it summarises
         log.warning("run summary without anomalies: %s", exc)
         anomalies = None
-    create_markdown_artifact(
-        markdown=run_markdown(result, anomalies),
-        key=f"water-{result.kind}-summary",
-        description=f"{result.kind} {result.cycle_id}: {result.status}",
-    )
+    try:
+        create_markdown_artifact(
+            markdown=run_markdown(result, anomalies),
+            key=f"water-{result.kind}-summary",
+            description=f"{result.kind} {result.cycle_id}: {result.status}",
+        )
+    except Exception as exc:  # noqa: BLE001 - nor can the API being unreachable
+        log.warning("could not store the run summary artifact: %s", exc)
 
 
 def _summarised(run: Callable[[], CycleResult]) -> CycleResult:

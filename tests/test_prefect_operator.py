@@ -145,6 +145,10 @@ def test_water_serve_on_another_port_gives_its_ui_the_right_api(tmp_path):
         wait_for(served, 300, "water serve to register its deployments", serve)
         ui = _get_json(f"{base}/ui-settings")
         assert ui["api_url"] == f"{base}/api"
+        # What the UI reads to show marketing banners and send analytics: both off.
+        settings = _get_json(f"{ui['api_url']}/admin/settings")
+        assert settings["server"]["ui"]["show_promotional_content"] is False
+        assert settings["server"]["analytics_enabled"] is False
         # The UI's API shows the runs: a run of a served deployment appears there.
         (on_demand,) = [
             d
