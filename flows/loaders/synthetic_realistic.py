@@ -286,8 +286,11 @@ def _layout(
         dist.tank_area_m2 = float(rng.uniform(8.0, 14.0)) * 3.6 * total / 4.0
         for m in members:
             m.head = dist.elevation_head
-            if m.role == "inlet" or m.node_type == "pump":
+            if m.role == "inlet":
                 m.pmin = round(max(0.5, dist.elevation_head - 1.0), 1)
+                m.pmax = round(dist.elevation_head + 0.5 + 5 * LEVEL_BAR_PER_M, 1)
+            elif m.node_type == "pump":  # from standstill (tank head) to both pumps running
+                m.pmin = 0.1
                 m.pmax = round(dist.elevation_head + 0.5 + 5 * LEVEL_BAR_PER_M + dist.lift_bar, 1)
             elif m.node_type == "tank":
                 m.pmin, m.pmax = round(0.5 * LEVEL_BAR_PER_M, 2), round(5.5 * LEVEL_BAR_PER_M, 2)
@@ -609,7 +612,9 @@ def _node_rows(
             p = sim["tank_level_m"][idx] * LEVEL_BAR_PER_M + 0.002 * rng.standard_normal(m)
         elif nd.node_type == "pump":
             on = sim["pump_flow"][idx] > 0
-            p = np.where(on, p_inlet[idx] + dist.lift_bar, 0.4) + pn
+            # off: the check valve closes and the discharge side sees the tank's head
+            tank_head = sim["tank_level_m"][idx] * LEVEL_BAR_PER_M + 0.3
+            p = np.where(on, p_inlet[idx] + dist.lift_bar, tank_head) + pn
         elif nd.role == "inlet":
             p = p_inlet[idx] + pn
         else:  # loggers and multi-sensors: further head loss inside the district
