@@ -5,6 +5,10 @@ row per sensor reading (see :data:`RAW_SCHEMA`).  Everything is seeded: the same
 :class:`SyntheticConfig` always yields byte-identical data (provided ``start`` is
 given explicitly, see *Time window* below).
 
+This docstring describes the ``default`` profile.  ``profile="realistic"`` (pump stations,
+tanks, deadband sensors, mixed cadences, public holidays, meter glitches, leaks and bursts with a
+ground truth) lives in :mod:`flows.loaders.synthetic_realistic`; docs/synthetic.md covers both.
+
 Network
 -------
 Nodes are grouped into districts (DMAs, ``DMA-01``, ``DMA-02``...; about one per
