@@ -273,3 +273,15 @@ def test_totaliser_is_the_integral_of_flow_except_at_glitches(rows, truth, meta)
         expected |= {(item.node_id, item.start.value), (item.node_id, (item.start + step).value)}
     assert flagged <= expected
     assert flagged  # the glitches are there to be found
+
+
+def test_write_truth(tmp_path, truth) -> None:
+    from flows.loaders.synthetic_realistic import write_truth
+
+    out = write_truth(CFG, tmp_path / "truth")
+    incidents = pd.read_csv(out / "incidents.csv", parse_dates=["start", "end"])
+    assert incidents.incident_id.tolist() == truth.incidents.incident_id.tolist()
+    assert (incidents.start == truth.incidents.start).all()
+    assert len(pd.read_csv(out / "glitches.csv")) == len(truth.glitches)
+    flows = pd.read_parquet(out / "district_flows.parquet")
+    assert np.allclose(flows.leak_flow, truth.district_flows.leak_flow)
