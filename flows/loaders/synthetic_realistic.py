@@ -551,7 +551,7 @@ def _deadband(x: np.ndarray, db: float) -> np.ndarray:
     return np.array(out)
 
 
-def _plan_glitches(config, grid: _FineGrid, nd: _RNode, n_samples: int, step: int) -> list[tuple]:
+def _plan_glitches(config, grid: _FineGrid, nd: _RNode, n_samples: int) -> list[tuple]:
     """[(kind, first sample, end sample, value)] for one node, from its own stream."""
     if not config.glitches or n_samples < 10:
         return []
@@ -640,7 +640,7 @@ def _node_rows(
             v0 = nd.v0
         volume_true = v0 + cum
         cols["volume"] = volume_true % nd.register
-    glitches = _plan_glitches(config, grid, nd, m, step)
+    glitches = _plan_glitches(config, grid, nd, m)
     keep = np.ones(m, dtype=bool)
     main = "flow_rate" if cols["flow_rate"] is not None else "pressure"
     for kind, j0, j1, value in glitches:
