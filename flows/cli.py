@@ -119,6 +119,32 @@ def main(ctx: click.Context, verbose: bool) -> None:
 )
 @click.option("--seed", type=int, default=42, show_default=True, help="synthetic: random seed.")
 @click.option(
+    "--profile",
+    type=click.Choice(["default", "realistic"]),
+    default="default",
+    show_default=True,
+    help="synthetic: `realistic` adds pumps, tanks, deadband sensors, mixed cadences, holidays,"
+    " meter glitches and leak/burst incidents (docs/synthetic.md).",
+)
+@click.option(
+    "--incidents/--no-incidents",
+    default=True,
+    show_default=True,
+    help="synthetic --profile realistic: inject leaks and bursts.",
+)
+@click.option(
+    "--glitches/--no-glitches",
+    default=True,
+    show_default=True,
+    help="synthetic --profile realistic: inject meter glitches.",
+)
+@click.option(
+    "--truth",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="synthetic --profile realistic: also write the ground truth (incidents.csv,"
+    " glitches.csv, district_flows.parquet) into this folder.",
+)
+@click.option(
     "--process",
     is_flag=True,
     help="Backfill: load --start-date..--end-date day by day and run a processing cycle after"
@@ -142,6 +168,10 @@ def load(
     days,
     cadence,
     seed,
+    profile,
+    incidents,
+    glitches,
+    truth,
     process,
     chunk_days,
     target_name,
@@ -154,7 +184,26 @@ def load(
     if list(sources) == ["synthetic"]:
         from flows.loaders.synthetic import SyntheticConfig
 
-        synthetic = SyntheticConfig(nodes=nodes, days=days, cadence_s=cadence, seed=seed)
+        synthetic = SyntheticConfig(
+            nodes=nodes,
+            days=days,
+            cadence_s=cadence,
+            seed=seed,
+            profile=profile,
+            incidents=incidents,
+            glitches=glitches,
+        )
+    if truth is not None:
+        if synthetic is None or profile != "realistic":
+            raise click.UsageError("--truth needs `synthetic --profile realistic`")
+        from dataclasses import replace
+
+        from flows.loaders.synthetic import data_window
+        from flows.loaders.synthetic_realistic import write_truth
+
+        # pin the window so the truth and the loaded data describe the same readings
+        synthetic = replace(synthetic, start=data_window(synthetic)[0])
+        click.echo(f"ground truth written to {write_truth(synthetic, truth)}")
     target = _target(target_name)
     if process:
         from flows.cycle import describe_result, run_backfill

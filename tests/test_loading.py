@@ -269,3 +269,29 @@ def test_demo_command_builds_everything_on_duckdb(tmp_path):
     assert "computed_metrics  5min" in result.stdout and "1day" in result.stdout
     status = _water("status", env=env)
     assert status.returncode == 0 and "rejected" in status.stdout
+
+
+def test_cli_load_synthetic_realistic_with_truth(tmp_path):
+    import duckdb
+
+    env = {**os.environ, "WATER_DUCKDB_PATH": str(tmp_path / "w.duckdb")}
+    args = ["load", "synthetic", "--profile", "realistic", "--nodes", "12", "--days", "2"]
+    result = _water(*args, "--cadence", "300", "--truth", str(tmp_path / "truth"), env=env)
+    assert result.returncode == 0, result.stderr
+    incidents = pd.read_csv(tmp_path / "truth" / "incidents.csv")
+    assert set(incidents.kind) == {"leak", "burst"}
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        types = dict(con.sql("select node_id, node_type from raw.node_metadata").fetchall())
+        cadences = {
+            r[0] for r in con.sql("select expected_cadence_s from raw.node_metadata").fetchall()
+        }
+        pumps = con.sql(
+            "select count(*) from raw.sensor_readings where node_id in "
+            "(select node_id from raw.node_metadata where node_type = 'pump')"
+        ).fetchall()[0][0]
+    assert {"pump", "tank", "bulk_meter", "pressure_logger"} <= set(types.values())
+    assert {300, 900} <= cadences and pumps > 0
+    assert set(incidents.district) <= {f"DMA-{i:02d}" for i in range(1, 3)}
+    bad = _water(*args, "--cadence", "90", env=env)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
+    assert "multiple of 60" in bad.stderr

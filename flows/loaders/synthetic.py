@@ -5,6 +5,10 @@ row per sensor reading (see :data:`RAW_SCHEMA`).  Everything is seeded: the same
 :class:`SyntheticConfig` always yields byte-identical data (provided ``start`` is
 given explicitly, see *Time window* below).
 
+This docstring describes the ``default`` profile.  ``profile="realistic"`` (pump stations,
+tanks, deadband sensors, mixed cadences, public holidays, meter glitches, leaks and bursts with a
+ground truth) lives in :mod:`flows.loaders.synthetic_realistic`; docs/synthetic.md covers both.
+
 Network
 -------
 Nodes are grouped into districts (DMAs, ``DMA-01``, ``DMA-02``...; about one per
@@ -137,6 +141,7 @@ __all__ = [
     "DEFAULT_MAGNITUDE",
     "FAULT_KINDS",
     "LOCAL_TZ",
+    "PROFILES",
     "METADATA_COLUMNS",
     "RAW_SCHEMA",
     "Fault",
@@ -202,6 +207,7 @@ BAD_ROW_KINDS = (
 )
 
 LOCAL_TZ = "Europe/Rome"
+PROFILES = ("default", "realistic")
 
 _MEASURES = ("flow_rate", "pressure", "temperature", "volume")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -276,8 +282,15 @@ class SyntheticConfig:
     start: datetime | None = None
     faults: tuple[Fault, ...] = ()
     bad_rows: int = 0
+    # "realistic": pumps, tanks, deadband sensors, mixed cadences, holidays, glitches and
+    # incidents with ground truth (flows/loaders/synthetic_realistic.py, docs/synthetic.md)
+    profile: str = "default"
+    incidents: bool = True  # realistic only: inject leaks and bursts
+    glitches: bool = True  # realistic only: inject meter glitches
 
     def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; expected one of {PROFILES}")
         if int(self.nodes) != self.nodes or self.nodes < 1:
             raise ValueError("nodes must be an integer >= 1")
         if int(self.cadence_s) != self.cadence_s or self.cadence_s < 1:
@@ -365,6 +378,12 @@ class _District:
     leak_frac: float = 0.1
     hidden_scale: float = 0.0  # unmetered demand when the district has no consumption meter
     share0: float = 1.0  # share of the first inlet when there are two
+
+
+def _realistic():
+    from flows.loaders import synthetic_realistic  # imports this module: import lazily
+
+    return synthetic_realistic
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -525,6 +544,8 @@ def node_metadata(config: SyntheticConfig) -> pd.DataFrame:
 
     ``pressure_min_bar``/``pressure_max_bar`` are the node's normal operating range
     (NaN for nodes without a pressure sensor)."""
+    if config.profile == "realistic":
+        return _realistic().node_metadata(config)
     nodes, districts = _layout(config.nodes, config.seed)
     df = pd.DataFrame(
         {
@@ -546,6 +567,8 @@ def node_metadata(config: SyntheticConfig) -> pd.DataFrame:
 
 def node_measurements(config: SyntheticConfig) -> dict[str, frozenset[str]]:
     """node_id -> the measurement columns the node reports (the others are null)."""
+    if config.profile == "realistic":
+        return _realistic().node_measurements(config)
     nodes, _ = _layout(config.nodes, config.seed)
     return {n.node_id: n.has for n in nodes}
 
@@ -553,7 +576,10 @@ def node_measurements(config: SyntheticConfig) -> dict[str, frozenset[str]]:
 def natural_resets(config: SyntheticConfig) -> list[tuple[str, datetime]]:
     """Ground truth of the rare natural totaliser resets: ``(node_id, nominal time)``.
 
-    The volume is exactly 0 at that grid time (which may itself be a missing row)."""
+    The volume is exactly 0 at that grid time (which may itself be a missing row).
+    The realistic profile has none: its resets and rollovers are in its truth's glitches."""
+    if config.profile == "realistic":
+        return []
     nodes, _ = _layout(config.nodes, config.seed)
     n = _n_steps(config)
     start, _ = data_window(config)
@@ -854,6 +880,8 @@ def iter_batches(config: SyntheticConfig) -> Iterator[pa.RecordBatch]:
     One batch per node (node_id order, each sorted by time), then one batch of bad
     rows if ``config.bad_rows``.  Memory is bounded by one district's signals.
     Invalid faults raise ``ValueError`` here, before the first batch."""
+    if config.profile == "realistic":
+        return _realistic().iter_batches(config)
     nodes, districts = _layout(config.nodes, config.seed)
     _validate_faults(config, nodes, districts)
     return _generate_batches(config, nodes, districts)
