@@ -325,11 +325,12 @@ def models(wh: ReadOnlyWarehouse) -> pd.DataFrame:
             "status": m["status"],
             "created_at": m.get("created_at"),
             "scores_basis": m["scores_basis"],
-            **{f"score_{k}": v for k, v in m["scores"].items()},
+            # One text column: each model type has its own scores (MASE, AUC, alert rate…).
+            "scores": ", ".join(f"{k} {v:.4g}" for k, v in sorted(m["scores"].items())),
         }
         for m in rows
     ]
-    return _frame(flat, ("model_type", "version", "status", "created_at", "scores_basis"))
+    return _frame(flat, ("model_type", "version", "status", "created_at", "scores_basis", "scores"))
 
 
 def since(end: datetime | None, span: timedelta) -> datetime | None:

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -33,8 +32,6 @@ S = "water_infrastructure"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Target:
-    if os.environ.get("DASHTEST_REUSE"):
-        return Target("duckdb", duckdb_path=Path(os.environ["DASHTEST_REUSE"]))
     root = tmp_path_factory.mktemp("dashboard-demo")
     target = Target("duckdb", duckdb_path=root / "warehouse.duckdb")
     env = {
@@ -222,7 +219,30 @@ def test_pipeline_page_lists_jobs_and_models(on_target):
     frames = [d.value for d in app.dataframe]
     assert len(frames[0]) == min(jobs, 50)
     assert len(frames[-1]) == models > 0
-    assert len(_charts(app)) == 2  # job durations and skill per horizon
+    charts = _charts(app)
+    assert len(charts) == 2  # job durations and skill per horizon
+    # One bar per horizon that has met its actual in the last 7 days, and its MASE is the
+    # model's MAE over the seasonal-naive MAE on those same rows (computed here in SQL).
+    (end,) = _sql(
+        on_target,
+        f"select max(window_end) from {S}.computed_metrics where time_window = '5min'",
+    )[0]
+    skill = _sql(
+        on_target,
+        "select horizon_hours, avg(abs(flow_rate_predicted - flow_rate_actual))"
+        " / avg(abs(flow_rate_seasonal_naive - flow_rate_actual)) from ml.ml_forecast_outcomes"
+        " where target_timestamp >= ? and flow_rate_actual is not null"
+        " and flow_rate_predicted is not null and flow_rate_seasonal_naive is not null"
+        " group by horizon_hours order by horizon_hours",
+        [end - timedelta(days=7)],
+    )
+    assert charts[1][0] == len(skill) > 0
+    shown = app.get("vega_lite_chart")[1].proto.datasets[0].data.data
+    import pyarrow as pa
+
+    bars = pa.ipc.open_stream(shown).read_all().to_pandas().set_index("horizon_hours")["mase"]
+    for horizon, mase in skill:
+        assert bars[horizon] == pytest.approx(mase, rel=1e-9)
 
 
 def test_whole_app_navigates_and_missing_warehouse_is_one_line(on_target, tmp_path, monkeypatch):
@@ -434,3 +454,20 @@ def test_api_docs_render_offline_in_chromium(demo, browser):
         assert any(s.is_displayed() for s in sections)
     finally:
         _stop(proc)
+
+
+def test_water_dashboard_refuses_a_missing_warehouse_in_one_line(tmp_path):
+    env = {**os.environ, "WATER_TARGET": "duckdb", "WATER_DUCKDB_PATH": str(tmp_path / "no.duckdb")}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "dashboard", "--port", str(_free_port())],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.startswith("water: error: duckdb file ") and "does not exist yet" in done.stderr
+    )
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "no.duckdb").exists()
