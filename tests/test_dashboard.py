@@ -471,3 +471,33 @@ def test_water_dashboard_refuses_a_missing_warehouse_in_one_line(tmp_path):
         done.stderr.startswith("water: error: duckdb file ") and "does not exist yet" in done.stderr
     )
     assert done.stderr.count("\n") == 1 and not (tmp_path / "no.duckdb").exists()
+
+
+@pytest.mark.postgres
+def test_every_page_reads_the_postgresql_serving_tier(pg_target, monkeypatch):
+    """The same pages on PostgreSQL (a small network, one cycle, no models yet): each renders
+    without an error and the overview counts the nodes the warehouse has."""
+    env = {**os.environ, **pg_target.dbt_env(), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    for args in (
+        ("load", "synthetic", "--nodes", "4", "--days", "2", "--cadence", "300", "--seed", "3"),
+        ("cycle", "--no-publish"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    for key, value in pg_target.dbt_env().items():
+        monkeypatch.setenv(key, value)
+    import streamlit as st
+
+    st.cache_data.clear()
+    for page in PAGES:
+        app = _page(page)
+        if page == "overview":
+            assert _metrics(app)["nodes"] == "4"
+        if page == "district":
+            assert len(_charts(app)) == 2
