@@ -385,6 +385,15 @@ def test_every_page_renders_its_charts_in_chromium(demo, browser):
         " group by node_id order by count(*) desc, node_id limit 1",
     )[0]
     urls = {**URLS, "district": f"district?district={district}", "node": f"node?node_id={node_id}"}
+    run_id, critical, warning = _sql(
+        demo,
+        "select run_id, count(*) filter (where status = 'failed' and severity = 'critical'),"
+        " count(*) filter (where status = 'failed' and severity = 'warning')"
+        f" from {S}.quality_checks group by run_id order by max(checked_at) desc limit 1",
+    )[0]
+    expected_verdict = (
+        "failed" if critical else f"passed with {warning} warning(s)" if warning else "passed"
+    )
     proc, base = _serve(["dashboard"], env, "/_stcore/health")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
@@ -406,6 +415,12 @@ def test_every_page_renders_its_charts_in_chromium(demo, browser):
             time.sleep(1)  # let the last chart finish its transition before the screenshot
             assert not browser.find_elements(By.CSS_SELECTOR, ERROR_ELEMENTS), page
             assert all(p > 0 for p in painted)
+            if page == "quality":  # the platform's verdict is on screen (warning != failed)
+                banner = browser.find_element(
+                    By.XPATH, "//*[contains(text(), 'Latest gate run')]/.."
+                )
+                assert banner.is_displayed() and f"{run_id}" in banner.text
+                assert expected_verdict in banner.text, banner.text
             browser.save_screenshot(str(SCREENSHOTS / f"{page}.png"))
     finally:
         _stop(proc)
