@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint format docs serve deploy worker bench bench-cycle clean
+.PHONY: install demo dashboard test lint format docs serve deploy worker bench bench-cycle clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)  ## create .venv and install the pinned stack
 
 demo: install  ## generate a network, load it, run a cycle on DuckDB
 	$(BIN)/water demo
+
+dashboard: install  ## the operations dashboard on http://127.0.0.1:8501 (read-only; docs/dashboard.md)
+	$(BIN)/water dashboard
 
 test: install  ## the whole suite (needs PostgreSQL and Redis on 127.0.0.1)
 	$(BIN)/pytest -q

@@ -22,7 +22,7 @@ from api.auth import TokenVerifier, require_read
 from api.cache import Cache
 from api.metrics import ApiMetrics, RequestMetricsMiddleware
 from api.ratelimit import SlidingWindowLimiter
-from api.routers import anomalies, efficiency, nodes, ops, processing, status
+from api.routers import anomalies, docs, efficiency, nodes, ops, processing, status
 from api.settings import ApiSettings
 from api.trigger import make_launcher
 
@@ -53,7 +53,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # /docs and /redoc come from api.routers.docs, without a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -71,6 +71,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.include_router(processing.jobs_router, prefix=API_PREFIX, dependencies=read_guard)
     app.include_router(processing.trigger_router, prefix=API_PREFIX)
     app.include_router(ops.router)
+    docs.install(app)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from flows.config import load_settings
+from flows.config import DASHBOARD_PORT, load_settings
 
 log = logging.getLogger("water")
 
@@ -359,17 +359,35 @@ def api_command(host, port, insecure_no_auth, access_log, target_name):
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=DASHBOARD_PORT, show_default=True)
+@target_option
+@command
+def dashboard(host, port, target_name):
+    """Serve the operations dashboard (read-only; pages in docs/dashboard.md)."""
+    from dashboard.server import serve as serve_dashboard
+
+    serve_dashboard(_target(target_name), host, port, echo=click.echo)
+
+
+@main.command()
 @click.option("--suite", default=None, help="Run only this suite (default: all).")
 @target_option
 @command
 def validate(suite, target_name):
     """Run the Great Expectations suites now on each table's last day of rows."""
-    from flows.quality import data_docs_index, format_table, run_suites
+    from flows.config import QUALITY_PAGE_URL
+    from flows.quality import data_docs_index, format_table, run_suites, run_verdict
 
     results = run_suites(_target(target_name), suite=suite)
     click.echo(format_table(results))
-    click.echo(f"Data Docs: {data_docs_index()}")
     failed = [line for result in results for line in result.critical_failures]
+    warned = sum(len(result.warnings) for result in results)
+    click.echo(
+        f"verdict: {run_verdict(len(failed), warned)} (only a critical failure fails a gate)"
+    )
+    click.echo(f"results: {QUALITY_PAGE_URL} (water dashboard; works offline)")
+    click.echo(f"GX Data Docs (styled only with internet access): {data_docs_index()}")
     if failed:
         _fail(f"{len(failed)} critical quality failure(s): {failed[0]}")
 

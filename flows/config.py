@@ -18,6 +18,8 @@ DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 TARGET_TYPES = ("duckdb", "postgres", "bigquery")
 PUBLISHED_SCHEMA = "water_infrastructure"
 RAW_SCHEMA = "raw"
+DASHBOARD_PORT = 8501  # `water dashboard` default; its Data quality page is linked by the CLI
+QUALITY_PAGE_URL = f"http://127.0.0.1:{DASHBOARD_PORT}/quality"
 
 
 class ConfigError(ValueError):

@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from flows.config import PROJECT_ROOT, PUBLISHED_SCHEMA, Target
+from flows.config import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
 from flows.dbt_runner import DbtError
 from flows.warehouse import Warehouse, WarehouseError, connect
 
@@ -796,6 +796,15 @@ def latest_results(wh: Warehouse, stage: str | None = None) -> QualitySummary:
     return summary
 
 
+def run_verdict(critical_failed: int, warning_failed: int) -> str:
+    """The platform's verdict on a gate run: only a critical failure fails it (and stops the
+    publish); failed warnings are recorded and the run passes. (GX's own pages say "Failed"
+    for any unmet expectation, whatever its severity.)"""
+    if critical_failed:
+        return "failed"
+    return f"passed with {warning_failed} warning(s)" if warning_failed else "passed"
+
+
 def format_summary(summary: QualitySummary, limit: int = 10) -> list[str]:
     """`water status` lines: the latest gate run and its failures, critical first."""
     if summary.run_id is None:
@@ -816,6 +825,7 @@ def format_summary(summary: QualitySummary, limit: int = 10) -> list[str]:
     ]
     for severity, suite, expectation, observed in summary.failures[:limit]:
         lines.append(f"  {severity:<8} {suite}.{expectation}: {_short(observed, 90)}")
+    lines.append(f"  every run and its verdict: water dashboard -> {QUALITY_PAGE_URL}")
     if len(summary.failures) > limit:
         lines.append(
             f"  (+{len(summary.failures) - limit} more in {PUBLISHED_SCHEMA}.quality_checks)"

@@ -389,6 +389,9 @@ def test_water_validate_prints_a_table_and_fails_on_critical(
     assert ok.exit_code == 0, ok.output
     assert "window_start_aligned" in ok.output and "raw_batch" not in ok.output
     assert "0 critical failure(s)" in ok.output
+    # The platform's verdict, and a link that works offline (the dashboard's quality page).
+    assert "verdict: passed" in ok.output
+    assert "results: http://127.0.0.1:8501/quality" in ok.output
 
     with connect(duckdb_target) as wh:
         wh.execute(
@@ -400,6 +403,7 @@ def test_water_validate_prints_a_table_and_fails_on_critical(
     assert failed.exit_code != 0
     assert "quality_score_in_unit_range" in failed.output
     assert "critical" in failed.output
+    assert "verdict: failed" in failed.output
 
     # `water status` shows the latest run's failures by severity.
     from flows.status import collect_status, format_status
