@@ -38,7 +38,16 @@ def running_emulator(log: Path) -> Iterator[str]:
     port = _free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(EMULATOR), "serve", "--dialect", "bigquery", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                str(EMULATOR),
+                "serve",
+                "--dialect",
+                "bigquery",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -92,7 +101,9 @@ def append_rows(target: Target, frame: pd.DataFrame) -> None:
     bq = client(target)
     table = f"{target.bigquery_project}.{target.bigquery_dataset}.{SOURCE_TABLE}"
     out = frame[list(READING_COLUMNS)].copy()
-    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S.%f UTC")
+    out["timestamp"] = pd.to_datetime(out["timestamp"], utc=True).dt.strftime(
+        "%Y-%m-%d %H:%M:%S.%f UTC"
+    )
     data = out.to_csv(index=False, float_format="%.9f").encode()
     config = bigquery.LoadJobConfig(
         source_format="CSV", skip_leading_rows=1, schema=bq.get_table(table).schema
@@ -101,4 +112,4 @@ def append_rows(target: Target, frame: pd.DataFrame) -> None:
 
 
 def query(target: Target, sql: str) -> pd.DataFrame:
-    return client(target).query(sql).to_dataframe()
+    return client(target).query(sql).to_arrow().to_pandas()

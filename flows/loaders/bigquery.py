@@ -63,7 +63,9 @@ def late_window_hours(env: dict[str, str] | None = None) -> int:
     if not raw:
         return DEFAULT_LATE_WINDOW_HOURS
     if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"WATER_BIGQUERY_LATE_WINDOW_HOURS must be a whole number >= 1, got {raw!r}")
+        raise ConfigError(
+            f"WATER_BIGQUERY_LATE_WINDOW_HOURS must be a whole number >= 1, got {raw!r}"
+        )
     return int(raw)
 
 
@@ -91,10 +93,11 @@ def client(target: Target):
     )
 
 
-def land_new_rows(target: Target, dates: DateRange = DateRange()) -> str:
+def land_new_rows(target: Target, dates: DateRange | None = None) -> str:
     """Step 1: the dbt operation that lands new production rows; returns the landing batch id."""
     from flows.dbt_runner import run_dbt
 
+    dates = dates or DateRange()
     batch_id = uuid.uuid4().hex
     args: dict[str, object] = {"batch_id": batch_id, "late_window_hours": late_window_hours()}
     if dates.start is not None:
@@ -128,6 +131,7 @@ def extract_incremental(
     wh: Warehouse, dates: DateRange, batch_size: int = 100_000, progress: bool = True
 ) -> list[LoadResult]:
     """Land new rows in BigQuery, then copy every row landed since the last run into raw."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if batch_size < 1:
@@ -142,7 +146,8 @@ def extract_incremental(
     results, newest = [], None
     with tempfile.TemporaryDirectory(prefix="water-bq-") as tmp:
         # One query; its result is read page by page (the pages of one job, not new queries).
-        for number, table in enumerate(job.result(page_size=batch_size).to_arrow_iterable()):
+        for number, batch in enumerate(job.result(page_size=batch_size).to_arrow_iterable()):
+            table = pa.Table.from_batches([batch])
             if table.num_rows == 0:
                 continue
             landed = max(table.column("loaded_at").to_pylist())
