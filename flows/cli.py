@@ -205,6 +205,18 @@ def load(
         synthetic = replace(synthetic, start=data_window(synthetic)[0])
         click.echo(f"ground truth written to {write_truth(synthetic, truth)}")
     target = _target(target_name)
+    if target.type == "bigquery":
+        # On BigQuery the raw store is the landing table: landing is the whole load.
+        from flows.loaders.bigquery import land_new_rows
+        from flows.loaders.files import DateRange
+
+        if list(sources) != ["bigquery"] or process:
+            raise click.UsageError(
+                "the bigquery target loads only `bigquery` (its production table), without --process"
+            )
+        batch = land_new_rows(target, DateRange(start_date, end_date))
+        click.echo(f"landed new rows of sensor_readings_ml as batch {batch} in {target.describe()}")
+        return
     if process:
         from flows.cycle import describe_result, run_backfill
 

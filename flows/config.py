@@ -35,6 +35,7 @@ class Target:
     pg_dsn_parts: dict[str, str] = field(default_factory=dict)
     bigquery_project: str | None = None
     bigquery_dataset: str | None = None
+    bigquery_api_endpoint: str | None = None
 
     @property
     def type(self) -> str:
@@ -62,6 +63,13 @@ class Target:
         ):
             if key in self.pg_dsn_parts:
                 env[var] = self.pg_dsn_parts[key]
+        for value, var in (
+            (self.bigquery_project, "BIGQUERY_PROJECT_ID"),
+            (self.bigquery_dataset, "BIGQUERY_DATASET"),
+            (self.bigquery_api_endpoint, "BIGQUERY_API_ENDPOINT"),
+        ):
+            if value:
+                env[var] = value
         return env
 
 
@@ -75,6 +83,7 @@ class Settings:
     pg: dict[str, str]
     bigquery_project: str | None
     bigquery_dataset: str | None
+    bigquery_api_endpoint: str | None = None
 
     def target(self, name: str | None = None) -> Target:
         name = (name or self.default_target).strip().lower()
@@ -92,6 +101,7 @@ class Settings:
             "bigquery",
             bigquery_project=self.bigquery_project,
             bigquery_dataset=self.bigquery_dataset,
+            bigquery_api_endpoint=self.bigquery_api_endpoint,
         )
 
 
@@ -121,4 +131,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         pg=pg,
         bigquery_project=env.get("BIGQUERY_PROJECT_ID") or None,
         bigquery_dataset=env.get("BIGQUERY_DATASET") or None,
+        # Unset: Google. Set: an emulator or private endpoint, reached without credentials
+        # unless GOOGLE_APPLICATION_CREDENTIALS is set too (profiles.yml does the same).
+        bigquery_api_endpoint=env.get("BIGQUERY_API_ENDPOINT") or None,
     )

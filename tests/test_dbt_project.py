@@ -28,13 +28,32 @@ def bigquery_manifest(tmp_path_factory) -> dict:
     return json.loads(manifest.read_text())
 
 
-def test_bigquery_target_parses_and_reads_the_production_table(bigquery_manifest):
+def test_bigquery_target_parses_and_reads_the_landing_table(bigquery_manifest):
     source = bigquery_manifest["sources"]["source.water_infrastructure.raw.sensor_readings"]
     assert (source["database"], source["schema"], source["identifier"]) == (
         "water-test-project",
         "water_ci",
-        "sensor_readings_ml",
+        "sensor_readings_landed",  # sensor_readings_ml + ingestion time (docs/bigquery.md)
     )
+    assert source["loaded_at_field"] == "loaded_at"
+
+
+def test_large_bigquery_models_are_day_partitioned_and_clustered_by_node(bigquery_manifest):
+    layout = {
+        node["name"]: (node["config"].get("partition_by"), node["config"].get("cluster_by"))
+        for node in bigquery_manifest["nodes"].values()
+        if node["resource_type"] == "model"
+    }
+    for name, column in (
+        ("int_readings_deduplicated", "reading_at"),
+        ("int_metrics_windowed", "window_start"),
+        ("int_metrics_scored", "window_start"),
+        ("computed_metrics", "window_start"),
+        ("data_quality_metrics", "window_start"),
+    ):
+        partition, cluster = layout[name]
+        assert partition == {"field": column, "data_type": "timestamp", "granularity": "day"}
+        assert cluster == ["node_id"], name
 
 
 def test_every_model_and_column_is_documented(bigquery_manifest):

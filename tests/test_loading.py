@@ -10,9 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.config import ConfigError
 from flows.cycle import run_cycle
-from flows.loaders.bigquery import build_extract_query, extraction_end, extraction_start, table_path
 from flows.loaders.files import DateRange, LoadError, load_files
 from flows.nodes import NodeFileError, register_node_file
 from flows.raw_store import ensure_raw_tables
@@ -219,30 +217,6 @@ def test_node_file_upserts_only_given_columns_and_refuses_bad_rows(target, tmp_p
         ("N2", "DMA-2", "consumption", 300),
         ("N3", "DMA-2", None, None),
     ]
-
-
-def test_bigquery_extract_query_is_parameterised_and_paginated():
-    start = datetime(2024, 1, 1, tzinfo=UTC)
-    query = build_extract_query(
-        "my-project-1", "water_raw", start, None, (start + timedelta(days=1), "N9"), 5000
-    )
-    assert "`my-project-1.water_raw.sensor_readings_ml`" in query.sql
-    assert "@start_ts" in query.sql and "@after_ts" in query.sql and "@after_node" in query.sql
-    assert "N9" not in query.sql and "2024" not in query.sql  # values only as parameters
-    assert query.parameters["page_size"] == ("INT64", 5000)
-    config = query.job_config()
-    assert {p.name for p in config.query_parameters} == {
-        "start_ts",
-        "page_size",
-        "after_ts",
-        "after_node",
-    }
-    with pytest.raises(ConfigError):
-        table_path("my-project-1", "water; drop table x")
-    watermark = datetime(2024, 3, 1, 12, tzinfo=UTC)
-    assert extraction_start(watermark, DateRange()) == watermark - timedelta(hours=2)
-    assert extraction_start(None, DateRange(date(2024, 2, 1))) == datetime(2024, 2, 1, tzinfo=UTC)
-    assert extraction_end(DateRange(None, date(2024, 2, 1))) == datetime(2024, 2, 2, tzinfo=UTC)
 
 
 def _water(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -1,47 +1,39 @@
-"""Incremental extraction of `sensor_readings_ml` from BigQuery into the raw store.
+"""`water load bigquery`: land new rows of `sensor_readings_ml` with an ingestion time, then copy them.
 
-Values travel as query parameters; only the table path is spliced in, after checking it
-against BigQuery's identifier rules. Pages are keyset-paginated on (timestamp, node_id), each
-page lands through the same atomic file loader as any Parquet file, and the watermark
-(latest timestamp extracted) is persisted in `raw.extract_watermarks` after each page.
-A run re-reads `lookback` before the watermark so rows that arrived late in BigQuery are
-picked up; the repeats this produces are removed by staging's de-duplication.
+Step 1, in BigQuery (dbt macro `land_sensor_readings`, one INSERT ... SELECT): every row of the
+production table not yet in `sensor_readings_landed` is copied there once, stamped `loaded_at`.
+The production table has no ingestion time of its own; this gives it one, so a row arriving 14 h
+late, or dated 2030, is still picked up exactly once (docs/bigquery.md).
+Step 2, for the duckdb/postgres targets: one query reads the rows landed since the last run
+(`loaded_at` > the saved watermark) and its result pages land in the raw store through the same
+atomic file loader as any Parquet file. No keyset on (timestamp, node_id): repeats and NULL
+timestamps cannot be skipped at a page boundary. The watermark moves only after every page is in.
+
+The emulators the tests use reject query parameters, so the one value in the step-2 query (the
+watermark, a timestamp read back from our own table) is rendered as a literal from a datetime,
+and the table path is checked against BigQuery's identifier rules first.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flows.config import ConfigError, load_settings
+from flows.config import ConfigError, Settings, Target, load_settings
 from flows.loaders.files import DateRange, LoadResult, load_file
 from flows.raw_store import READING_COLUMNS, ensure_raw_tables
 from flows.warehouse import Warehouse
 
 SOURCE_TABLE = "sensor_readings_ml"
-DEFAULT_LOOKBACK = timedelta(hours=2)
+LANDING_TABLE = "sensor_readings_landed"
+DEFAULT_LATE_WINDOW_HOURS = 48
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class ExtractQuery:
-    sql: str
-    parameters: dict[str, tuple[str, object]]  # name -> (BigQuery type, value)
-
-    def job_config(self):
-        from google.cloud import bigquery
-
-        return bigquery.QueryJobConfig(
-            query_parameters=[
-                bigquery.ScalarQueryParameter(n, t, v) for n, (t, v) in self.parameters.items()
-            ]
-        )
 
 
 def table_path(project: str, dataset: str, table: str = SOURCE_TABLE) -> str:
@@ -52,61 +44,72 @@ def table_path(project: str, dataset: str, table: str = SOURCE_TABLE) -> str:
     return f"`{project}.{dataset}.{table}`"
 
 
-def build_extract_query(
-    project: str,
-    dataset: str,
-    start: datetime,
-    end: datetime | None,
-    after: tuple[datetime, str] | None,
-    page_size: int,
-) -> ExtractQuery:
-    """One page of rows with start <= timestamp < end, after the keyset position `after`."""
-    if page_size < 1:
-        raise ValueError("page size must be at least 1")
+def timestamp_literal(value: datetime) -> str:
+    """A BigQuery TIMESTAMP literal for an aware datetime (microseconds kept, UTC)."""
+    if value.tzinfo is None:
+        raise ValueError("timestamp literals need an aware datetime")
+    return f"timestamp '{value.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+
+
+def build_extract_query(project: str, dataset: str, watermark: datetime | None) -> str:
+    """The rows landed after `watermark` (all of them when None), with their landing time."""
     columns = ", ".join(f"`{c}`" for c in READING_COLUMNS)
-    conditions = ["`timestamp` >= @start_ts"]
-    params: dict[str, tuple[str, object]] = {
-        "start_ts": ("TIMESTAMP", start),
-        "page_size": ("INT64", page_size),
-    }
-    if end is not None:
-        conditions.append("`timestamp` < @end_ts")
-        params["end_ts"] = ("TIMESTAMP", end)
-    if after is not None:
-        conditions.append(
-            "(`timestamp` > @after_ts or (`timestamp` = @after_ts and node_id > @after_node))"
+    where = "" if watermark is None else f" where loaded_at > {timestamp_literal(watermark)}"
+    return f"select {columns}, loaded_at from {table_path(project, dataset, LANDING_TABLE)}{where}"  # noqa: S608 - validated identifiers, literal from a datetime
+
+
+def late_window_hours(env: dict[str, str] | None = None) -> int:
+    raw = (env if env is not None else os.environ).get("WATER_BIGQUERY_LATE_WINDOW_HOURS", "")
+    if not raw:
+        return DEFAULT_LATE_WINDOW_HOURS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(
+            f"WATER_BIGQUERY_LATE_WINDOW_HOURS must be a whole number >= 1, got {raw!r}"
         )
-        params["after_ts"] = ("TIMESTAMP", after[0])
-        params["after_node"] = ("STRING", after[1])
-    sql = (
-        f"select {columns} from {table_path(project, dataset)}"  # noqa: S608 - validated identifiers
-        f" where {' and '.join(conditions)}"
-        " order by `timestamp`, node_id"
-        " limit @page_size"
+    return int(raw)
+
+
+def bigquery_target(settings: Settings | None = None) -> Target:
+    settings = settings or load_settings()
+    if not settings.bigquery_project or not settings.bigquery_dataset:
+        raise ConfigError("loading from bigquery needs BIGQUERY_PROJECT_ID and BIGQUERY_DATASET")
+    return settings.target("bigquery")
+
+
+def client(target: Target):
+    """A BigQuery client; with BIGQUERY_API_ENDPOINT set and no key file, an anonymous one."""
+    from google.cloud import bigquery
+
+    if not target.bigquery_api_endpoint:
+        return bigquery.Client(project=target.bigquery_project)
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+
+    options = ClientOptions(api_endpoint=target.bigquery_api_endpoint)
+    if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        return bigquery.Client(project=target.bigquery_project, client_options=options)
+    return bigquery.Client(
+        project=target.bigquery_project, credentials=AnonymousCredentials(), client_options=options
     )
-    return ExtractQuery(sql, params)
 
 
-def extraction_start(
-    watermark: datetime | None, dates: DateRange, lookback: timedelta = DEFAULT_LOOKBACK
-) -> datetime:
+def land_new_rows(target: Target, dates: DateRange | None = None) -> str:
+    """Step 1: the dbt operation that lands new production rows; returns the landing batch id."""
+    from flows.dbt_runner import run_dbt
+
+    dates = dates or DateRange()
+    batch_id = uuid.uuid4().hex
+    args: dict[str, object] = {"batch_id": batch_id, "late_window_hours": late_window_hours()}
     if dates.start is not None:
-        return datetime.combine(dates.start, time(), tzinfo=UTC)
-    if watermark is None:
-        return _EPOCH
-    return watermark - lookback
-
-
-def extraction_end(dates: DateRange) -> datetime | None:
-    return (
-        None
-        if dates.end is None
-        else datetime.combine(dates.end + timedelta(days=1), time(), tzinfo=UTC)
-    )
+        args["since"] = dates.start.isoformat()
+    if dates.end is not None:
+        args["until"] = (dates.end + timedelta(days=1)).isoformat()
+    run_dbt(target, "run-operation", ["land_sensor_readings", "--args", json.dumps(args)])
+    return batch_id
 
 
 def watermark_key(project: str, dataset: str) -> str:
-    return f"bigquery:{project}.{dataset}.{SOURCE_TABLE}"
+    return f"bigquery:{project}.{dataset}.{LANDING_TABLE}"
 
 
 def read_watermark(wh: Warehouse, key: str) -> datetime | None:
@@ -124,44 +127,34 @@ def save_watermark(wh: Warehouse, key: str, value: datetime) -> None:
     )
 
 
-def _pages(
-    client, project: str, dataset: str, start: datetime, end: datetime | None, page_size: int
-) -> Iterator:
-    after = None
-    while True:
-        query = build_extract_query(project, dataset, start, end, after, page_size)
-        table = client.query(query.sql, job_config=query.job_config()).to_arrow()
-        if table.num_rows == 0:
-            return
-        yield table
-        last = table.slice(table.num_rows - 1).to_pylist()[0]
-        after = (last["timestamp"], last["node_id"])
-        if table.num_rows < page_size:
-            return
-
-
 def extract_incremental(
     wh: Warehouse, dates: DateRange, batch_size: int = 100_000, progress: bool = True
 ) -> list[LoadResult]:
-    """Extract new rows page by page into raw; needs BigQuery credentials (ADC or a key file)."""
+    """Land new rows in BigQuery, then copy every row landed since the last run into raw."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    from google.cloud import bigquery
 
-    settings = load_settings()
-    project, dataset = settings.bigquery_project, settings.bigquery_dataset
-    if not project or not dataset:
-        raise ConfigError("loading from bigquery needs BIGQUERY_PROJECT_ID and BIGQUERY_DATASET")
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    target = bigquery_target()
+    project, dataset = target.bigquery_project, target.bigquery_dataset
     ensure_raw_tables(wh)
+    land_new_rows(target, dates)
     key = watermark_key(project, dataset)
-    start = extraction_start(read_watermark(wh, key), dates)
-    client = bigquery.Client(project=project)
-    results = []
+    sql = build_extract_query(project, dataset, read_watermark(wh, key))
+    job = client(target).query(sql)
+    results, newest = [], None
     with tempfile.TemporaryDirectory(prefix="water-bq-") as tmp:
-        for number, table in enumerate(
-            _pages(client, project, dataset, start, extraction_end(dates), batch_size)
-        ):
+        # One query; its result is read page by page (the pages of one job, not new queries).
+        for number, batch in enumerate(job.result(page_size=batch_size).to_arrow_iterable()):
+            table = pa.Table.from_batches([batch])
+            if table.num_rows == 0:
+                continue
+            landed = max(table.column("loaded_at").to_pylist())
+            newest = landed if newest is None else max(newest, landed)
             page = Path(tmp) / f"page-{number:06d}.parquet"
-            pq.write_table(table, page)
+            pq.write_table(table.drop_columns(["loaded_at"]), page)
             results.append(load_file(wh, page, progress=progress, source="bigquery"))
-            save_watermark(wh, key, max(table.column("timestamp").to_pylist()))
+    if newest is not None:
+        save_watermark(wh, key, newest)
     return results

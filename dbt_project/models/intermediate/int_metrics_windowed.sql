@@ -293,7 +293,7 @@ final as (
         max_temperature,
         cast(volume_reading_count as integer) as volume_reading_count,
         case when volume_delta_count > 0 then volume_delta_sum end as total_volume,
-        cast(window_seconds / expected_cadence_s as integer) as expected_reading_count,
+        {{ floor_divide("window_seconds", "expected_cadence_s") }} as expected_reading_count,
         avg_sensor_quality,
         {{ round_double('completeness * coalesce(avg_sensor_quality, 1.0)', 6) }} as quality_score,
         first_reading_at,

@@ -19,16 +19,9 @@ cleaned as (
         {{ nan_as_null('temperature') }} as temperature,
         {{ nan_as_null('volume') }} as volume,
         {{ nan_as_null('quality_score') }} as quality_score,
-        {% if target.type == 'bigquery' -%}
-        {#- sensor_readings_ml has no ingestion time: event time stands in. -#}
-        {{ adapter.quote('timestamp') }} as loaded_at,
-        'bigquery' as batch_id,
-        farm_fingerprint(concat(node_id, cast({{ adapter.quote('timestamp') }} as string))) as batch_row
-        {%- else -%}
         loaded_at,
         batch_id,
         batch_row
-        {%- endif %}
 
     from source
 
