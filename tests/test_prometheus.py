@@ -3,8 +3,8 @@ rules; the series and alerts are read back through Prometheus's HTTP API.
 
 The rules are the production file with only `for:` shortened to 0s (a generated copy, so
 alerts.yml stays the one source of the rule text). The faults are real: a worker that stopped
-two hours ago (its job rows moved back in time), Redis killed before a cycle publishes, and a
-batch whose raw gate fails. Expected values come from the processing_jobs table, read here
+two hours ago (its job rows moved back in time), Redis killed before a cycle publishes, a
+batch whose raw gate fails, and the API stopped. Expected values come from the processing_jobs table, read here
 with psycopg, not from the API.
 """
 
@@ -168,7 +168,7 @@ def stack(pg_target, tmp_path):
             )
         )
         _wait_http(f"http://127.0.0.1:{prom_port}/-/ready", procs[-1])
-        yield Prometheus(f"http://127.0.0.1:{prom_port}"), env, redis_server, pg_target
+        yield Prometheus(f"http://127.0.0.1:{prom_port}"), env, redis_server, pg_target, procs[0]
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -208,7 +208,7 @@ def _last_cycle(target) -> tuple:
 
 
 def test_prometheus_scrapes_the_api_and_fires_the_platform_alerts(stack):
-    prom, env, redis_server, target = stack
+    prom, env, redis_server, target, api = stack
 
     # 1. A healthy cycle: the series match its job row and nothing fires.
     job_id, status, rows_in, rows_rejected, summary = _last_cycle(target)
@@ -290,3 +290,8 @@ def test_prometheus_scrapes_the_api_and_fires_the_platform_alerts(stack):
     # The last publish attempt is still the failed one; the marts gate did not run.
     assert ("WaterPublishFailed", "") in prom.firing()
     assert ("WaterGateBlocked", "marts") not in prom.firing()
+
+    # 5. The API stops: Prometheus has no platform series left, and says so.
+    _stop(api)
+    prom.wait(lambda: ("WaterMonitoringBlind", "") in prom.firing(), "WaterMonitoringBlind firing")
+    assert prom.query('up{job="water-api"}') == {(): 0.0}
