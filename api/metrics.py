@@ -31,12 +31,30 @@ class PlatformState:
     last_cycle_duration_s: float | None = None
     last_cycle_status: str | None = None
     step_seconds: dict[str, float] = field(default_factory=dict)
+    step_status: dict[str, str] = field(default_factory=dict)
+    gate_failures: dict[str, int] = field(default_factory=dict)  # stage -> critical failures
+    last_publish_status: str | None = None
     rows_processed: int | None = None
     rows_rejected: int | None = None
     cycle_running: bool = False
     anomalies_24h: dict[str, int] = field(default_factory=dict)
     model_scores: list[tuple[dict[str, str], float]] = field(default_factory=list)
     cache_age_s: float | None = None
+
+
+CYCLE_STATUSES = ("completed", "failed")
+STEP_STATUSES = ("ok", "skipped", "failed")
+GATE_STAGES = ("raw", "marts")
+PUBLISH_STATUSES = ("published", "failed", "disabled")
+
+
+def one_hot(name: str, doc: str, label: str, known: tuple[str, ...], value: str | None):
+    """A gauge per known value, 1 on the current one (all 0 while unknown): alert rules can
+    test `== 1` and a value outside the known set still shows up."""
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for item in dict.fromkeys((*known, *([value] if value else []))):
+        family.add_metric([item], float(item == value))
+    return family
 
 
 class PlatformCollector(Collector):
@@ -76,6 +94,13 @@ class PlatformCollector(Collector):
                 "Duration of the last finished processing cycle.",
                 value=s.last_cycle_duration_s,
             )
+        yield one_hot(
+            "water_cycle_last_status",
+            "Outcome of the last finished processing cycle (1 on its status).",
+            "status",
+            CYCLE_STATUSES,
+            s.last_cycle_status,
+        )
         steps = GaugeMetricFamily(
             "water_cycle_step_duration_seconds",
             "Duration of each step of the last finished processing cycle.",
@@ -84,6 +109,37 @@ class PlatformCollector(Collector):
         for step, seconds in sorted(s.step_seconds.items()):
             steps.add_metric([step], seconds)
         yield steps
+        outcomes = GaugeMetricFamily(
+            "water_cycle_step_status",
+            "Outcome of each step of the last finished processing cycle (1 on its status).",
+            labels=["step", "status"],
+        )
+        for step, status in sorted(s.step_status.items()):
+            for known in STEP_STATUSES:
+                outcomes.add_metric([step, known], float(status == known))
+        yield outcomes
+        blocked = GaugeMetricFamily(
+            "water_gate_blocked",
+            "1 when the last finished cycle stopped at this quality gate (nothing published).",
+            labels=["stage"],
+        )
+        failures = GaugeMetricFamily(
+            "water_gate_critical_failures",
+            "Critical expectation failures of this gate in the last finished cycle.",
+            labels=["stage"],
+        )
+        for stage in GATE_STAGES:
+            blocked.add_metric([stage], float(s.step_status.get(f"{stage}_gate") == "failed"))
+            failures.add_metric([stage], float(s.gate_failures.get(stage, 0)))
+        yield blocked
+        yield failures
+        yield one_hot(
+            "water_publish_last_status",
+            "Outcome of the last cycle's publish to Redis (1 on its status).",
+            "status",
+            PUBLISH_STATUSES,
+            s.last_publish_status,
+        )
         if s.rows_processed is not None:
             yield GaugeMetricFamily(
                 "water_cycle_rows_processed",

@@ -32,6 +32,7 @@ CYCLE_JOB_TYPE = "cycle"  # flows.jobs.JOB_TYPES
 class DatabaseView:
     last_cycle: dict[str, Any] | None = None
     last_success: dict[str, Any] | None = None
+    last_publish: dict[str, Any] | None = None  # the `publish` summary of the latest cycle with one
     running: dict[str, Any] | None = None
     freshness: list[dict[str, Any]] | None = None
     active_models: list[dict[str, Any]] = field(default_factory=list)
@@ -68,6 +69,9 @@ def _read_database(wh: ReadOnlyWarehouse, target, now: datetime) -> DatabaseView
         j for j in queries.recent_jobs(wh, CYCLE_JOB_TYPE, limit=10) if j.get("status") != "running"
     ]
     view.last_cycle = finished[0] if finished else None
+    view.last_publish = next(
+        (s["publish"] for s in map(_summary, finished) if isinstance(s.get("publish"), dict)), None
+    )
     successes = queries.recent_jobs(wh, CYCLE_JOB_TYPE, limit=1, status="completed")
     view.last_success = successes[0] if successes else None
     view.running = running_cycle(wh, target)
@@ -136,9 +140,17 @@ def to_metrics(view: PlatformView) -> PlatformState:
         state.last_cycle_status = job.get("status")
         state.last_cycle_duration_s = _float(job.get("duration_seconds"))
         state.step_seconds = step_seconds(job)
+        for name, step in _steps(job).items():
+            state.step_status[name] = str(step.get("status"))
+            if name.endswith("_gate"):
+                state.gate_failures[name.removesuffix("_gate")] = len(
+                    step.get("critical_failures") or []
+                )
         state.rows_processed = _int(job.get("rows_in"))
         state.rows_rejected = _int(job.get("rows_rejected"))
     state.cycle_running = db.running is not None
+    if db.last_publish is not None:
+        state.last_publish_status = str(db.last_publish.get("status"))
     state.anomalies_24h = dict(db.anomalies_24h or {})
     for model in db.active_models:
         for metric, value in (model.get("scores") or {}).items():
@@ -159,16 +171,24 @@ def to_metrics(view: PlatformView) -> PlatformState:
 
 def step_seconds(job: dict[str, Any]) -> dict[str, float]:
     """Seconds per step from the job's result_summary (`steps: {name: {seconds, status}}`)."""
+    out = {}
+    for name, step in _steps(job).items():
+        seconds = _float(step.get("seconds"))
+        if seconds is not None:
+            out[name] = seconds
+    return out
+
+
+def _summary(job: dict[str, Any]) -> dict[str, Any]:
     summary = job.get("result_summary")
-    steps = summary.get("steps") if isinstance(summary, dict) else None
+    return summary if isinstance(summary, dict) else {}
+
+
+def _steps(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    steps = _summary(job).get("steps")
     if not isinstance(steps, dict):
         return {}
-    out = {}
-    for name, step in steps.items():
-        seconds = _float(step.get("seconds")) if isinstance(step, dict) else None
-        if seconds is not None:
-            out[str(name)] = seconds
-    return out
+    return {str(name): step for name, step in steps.items() if isinstance(step, dict)}
 
 
 async def collect(state) -> PlatformState:
