@@ -23,6 +23,9 @@
         {%- do adapter.create_schema(relation) -%}
     {%- endfor -%}
     {%- set landing = bigquery_raw_relation('sensor_readings_landed') -%}
+    {#- processing_jobs, pipeline_state and quality_checks live in the PostgreSQL serving tier
+        of the hybrid deployment (docs/bigquery.md); their empty twins here keep the
+        `operations` source and its tests resolvable on a BigQuery build. -#}
     {%- set statements = [
         "create table if not exists " ~ landing ~ " (
             `timestamp` timestamp, node_id string, node_name string, flow_rate float64,
@@ -47,6 +50,20 @@
             n_predictions int64 not null, rmse float64, mae float64, mape float64, mase float64,
             interval_coverage float64, drift_score float64, mean_horizon_hours float64,
             details string, evaluated_at timestamp not null)",
+        "create table if not exists " ~ registry.incorporate(path={'identifier': 'processing_jobs'}) ~ " (
+            job_id string not null, job_type string not null, job_name string, status string not null,
+            triggered_by string, flow_run_id string, runner string, created_at timestamp not null,
+            started_at timestamp, completed_at timestamp, duration_seconds float64,
+            data_start timestamp, data_end timestamp, rows_in int64, rows_rejected int64,
+            result_summary string, error_message string)",
+        "create table if not exists " ~ registry.incorporate(path={'identifier': 'pipeline_state'}) ~ " (
+            state_key string not null, watermark timestamp, job_id string, updated_at timestamp not null)",
+        "create table if not exists " ~ registry.incorporate(path={'identifier': 'quality_checks'}) ~ " (
+            run_id string not null, stage string not null, suite string not null,
+            expectation string not null, expectation_type string, column_name string,
+            severity string not null, status string not null, success bool,
+            observed_value string, unexpected_count int64, checked_rows int64,
+            checked_at timestamp not null)",
         "create table if not exists " ~ ml.incorporate(path={'identifier': 'anomaly_detections'}) ~ " (
             anomaly_id string not null, node_id string not null, district string,
             window_start timestamp not null, detected_at timestamp not null,
