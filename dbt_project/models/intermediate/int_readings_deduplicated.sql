@@ -6,7 +6,6 @@
             {'columns': ['node_id', 'reading_at'], 'unique': true},
             {'columns': ['loaded_at']},
         ] if target.type == 'postgres' else [],
-        pre_hook=["{{ refresh_statistics(source('raw', 'sensor_readings')) }}"],
         post_hook=["{{ refresh_statistics(this) }}"],
     )
 }}

@@ -26,7 +26,7 @@
 
     More detection sources (the ML detector): add the relation to `extra_sources` below; it
     must have the contract columns. Its rows are synced by anomaly_id and detected_at. -#}
-{%- set extra_sources = [source('ml', 'anomaly_detections')] -%}
+{%- set extra_sources = [ref('stg_ml__anomaly_detections')] -%}
 {%- set double = 'float64' if target.type == 'bigquery' else 'double precision' -%}
 {%- set timestamp_tz = 'timestamp' if target.type == 'bigquery' else 'timestamp with time zone' -%}
 {%- set z_critical = var('anomaly_zscore_critical') -%}
