@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test lint format docs serve deploy worker bench bench-cycle clean
+.PHONY: install demo test test-fast lint format docs serve deploy worker bench bench-cycle clean
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,8 +22,11 @@ install: $(STAMP)  ## create .venv and install the pinned stack
 demo: install  ## generate a network, load it, run a cycle on DuckDB
 	$(BIN)/water demo
 
-test: install  ## the whole suite (needs PostgreSQL and Redis on 127.0.0.1)
-	$(BIN)/pytest -q
+test: install  ## the whole suite (needs PostgreSQL and Redis on 127.0.0.1); the 15 slowest tests listed
+	$(BIN)/pytest -q --durations=15
+
+test-fast: install  ## pure functions and file checks only: no database, no dbt, no server (seconds)
+	$(BIN)/pytest -q tests/fast
 
 lint: install
 	$(BIN)/ruff check .
