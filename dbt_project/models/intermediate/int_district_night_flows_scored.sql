@@ -62,7 +62,7 @@ district_meters as (
 
 watermark as (
 
-    select max(scored_at) as scored_at from {{ this }}
+    {{ last_run_watermark('scored_at') }}
 
 ),
 
@@ -76,7 +76,7 @@ touched_nights as (
         on windows.node_id = balance_meters.node_id
     cross join watermark
     where
-        (watermark.scored_at is null or windows.computed_at > watermark.scored_at)
+        {{ is_after_watermark('windows.computed_at') }}
         and extract(hour from {{ local_timestamp('windows.window_start') }}) >= {{ start_hour }}
         and extract(hour from {{ local_timestamp('windows.window_start') }}) < {{ end_hour }}
 

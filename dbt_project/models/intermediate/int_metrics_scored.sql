@@ -88,7 +88,7 @@ node_settings as (
 
 watermark as (
 
-    select max(scored_at) as scored_at from {{ this }}
+    {{ last_run_watermark('scored_at') }}
 
 ),
 
@@ -101,7 +101,7 @@ touched_ranges as (
         {{ time_bucket_start(86400, 'min(windows.window_start)') }} as first_touched_day
     from windows
     cross join watermark
-    where watermark.scored_at is null or windows.computed_at > watermark.scored_at
+    where {{ is_after_watermark('windows.computed_at') }}
     group by windows.node_id
 
 ),
@@ -161,7 +161,7 @@ changed_baselines as (
     select baselines.node_id, baselines.baseline_week, baselines.hour_of_week, baselines.key_hour_start
     from baselines
     cross join watermark
-    where watermark.scored_at is null or baselines.computed_at > watermark.scored_at
+    where {{ is_after_watermark('baselines.computed_at') }}
 
 ),
 

@@ -41,7 +41,7 @@ windows as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -54,7 +54,7 @@ touched as (
         {{ hour_of_week(local_timestamp('windows.window_start')) }} as hour_of_week
     from windows
     cross join watermark
-    where watermark.computed_at is null or windows.computed_at > watermark.computed_at
+    where {{ is_after_watermark('windows.computed_at') }}
 
 ),
 

@@ -28,7 +28,7 @@
     readings. Windows that close in this run are merged even when no new reading falls in
     them.
     -#}
-{%- set widths = {'5min': 300, '1hour': 3600, '1day': 86400} -%}
+{%- set widths = window_widths() -%}
 -- depends_on: {{ ref('int_metrics_scored') }}
 with
 
@@ -56,7 +56,7 @@ closing_clocks as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -65,14 +65,14 @@ recount_points as (
     select scored.node_id, scored.window_start
     from {{ ref('int_metrics_scored') }} as scored
     cross join watermark
-    where watermark.computed_at is null or scored.scored_at > watermark.computed_at
+    where {{ is_after_watermark('scored.scored_at') }}
 
     union distinct
 
     select published.node_id, published.window_start
     from {{ ref('anomalies') }} as published
     cross join watermark
-    where watermark.computed_at is null or published.evaluated_at > watermark.computed_at
+    where {{ is_after_watermark('published.evaluated_at') }}
 
 ),
 
@@ -81,14 +81,11 @@ changed_windows as (
     select recomputed.node_id, recomputed.time_window, recomputed.window_start
     from {{ ref('int_metrics_windowed') }} as recomputed
     cross join watermark
-    where watermark.computed_at is null or recomputed.computed_at > watermark.computed_at
-    {% for name, width in widths.items() %}
+    where {{ is_after_watermark('recomputed.computed_at') }}
 
     union distinct
 
-    select node_id, '{{ name }}' as time_window, {{ time_bucket_start(width, 'window_start') }} as window_start
-    from recount_points
-    {% endfor %}
+    {{ windows_containing('recount_points', 'window_start', widths, 'union distinct') }}
 
 ),
 

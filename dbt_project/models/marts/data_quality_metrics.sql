@@ -19,7 +19,7 @@
     rejected_readings; 1hour and 1day roll the 5-minute partials up exactly. Incremental: the
     windows containing a re-scored 5-minute window or a newly rejected reading are
     recomputed and merged. -#}
-{%- set widths = {'5min': 300, '1hour': 3600, '1day': 86400} -%}
+{%- set widths = window_widths() -%}
 {%- set weights = var('quality_weights') -%}
 {%- set tolerance = var('quality_consistency_tolerance') -%}
 
@@ -67,7 +67,7 @@ node_settings as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -76,24 +76,20 @@ touched_points as (
     select scored.node_id, scored.window_start
     from scored
     cross join watermark
-    where watermark.computed_at is null or scored.scored_at > watermark.computed_at
+    where {{ is_after_watermark('scored.scored_at') }}
 
     union distinct
 
     select rejected.node_id, {{ time_bucket_start(300, 'rejected.reading_at') }} as window_start
     from rejected
     cross join watermark
-    where watermark.computed_at is null or rejected.rejected_at > watermark.computed_at
+    where {{ is_after_watermark('rejected.rejected_at') }}
 
 ),
 
 touched_windows as (
 
-    {% for name, width in widths.items() %}
-    select distinct node_id, '{{ name }}' as time_window, {{ time_bucket_start(width, 'window_start') }} as window_start
-    from touched_points
-    {% if not loop.last %}union all{% endif %}
-    {% endfor %}
+    {{ windows_containing('touched_points', 'window_start', widths) }}
 
 ),
 

@@ -85,7 +85,7 @@ nights as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -94,7 +94,7 @@ touched_node_hours as (
     select hourly_windows.node_id, hourly_windows.window_start
     from hourly_windows
     cross join watermark
-    where watermark.computed_at is null or hourly_windows.computed_at > watermark.computed_at
+    where {{ is_after_watermark('hourly_windows.computed_at') }}
 
 ),
 
@@ -117,7 +117,7 @@ touched_days as (
     select nights.district, nights.night_date as local_date
     from nights
     cross join watermark
-    where watermark.computed_at is null or nights.scored_at > watermark.computed_at
+    where {{ is_after_watermark('nights.scored_at') }}
 
 ),
 
