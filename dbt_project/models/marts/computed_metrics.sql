@@ -89,7 +89,7 @@ changed_windows as (
 
 ),
 
-{#- Windows close in order of window_end and each run publishes every window that closed, so
+{# Windows close in order of window_end and each run publishes every window that closed, so
     all a node's 1hour and 1day windows ending by its latest published one are published:
     the windows that can have closed since end later, up to the node's closing clock. -#}
 published_windows as (
@@ -135,7 +135,7 @@ windowed as (
         on all_windows.node_id = publishable_windows.node_id
         and all_windows.time_window = publishable_windows.time_window
         and all_windows.window_start = publishable_windows.window_start
-    where all_windows.window_start >= (select min(window_start) from publishable_windows)
+    where all_windows.window_start >= (select min(publishable_windows.window_start) from publishable_windows)
 
 ),
 
@@ -154,7 +154,7 @@ node_anomalies as (
     select published.node_id, published.window_start
     from {{ ref('anomalies') }} as published
     {% if is_incremental() %}
-    where published.window_start >= (select min(window_start) from publishable_windows)
+    where published.window_start >= (select min(publishable_windows.window_start) from publishable_windows)
     {% endif %}
 
 ),
@@ -180,28 +180,28 @@ final as (
         windowed.node_id,
         windowed.time_window,
         windowed.window_start,
-        window_end,
-        reading_count,
-        avg_flow_rate,
-        min_flow_rate,
-        max_flow_rate,
-        avg_pressure,
-        min_pressure,
-        max_pressure,
-        avg_temperature,
-        min_temperature,
-        max_temperature,
-        total_volume,
+        windowed.window_end,
+        windowed.reading_count,
+        windowed.avg_flow_rate,
+        windowed.min_flow_rate,
+        windowed.max_flow_rate,
+        windowed.avg_pressure,
+        windowed.min_pressure,
+        windowed.max_pressure,
+        windowed.avg_temperature,
+        windowed.min_temperature,
+        windowed.max_temperature,
+        windowed.total_volume,
         cast(coalesce(anomaly_counts.anomaly_count, 0) as integer) as anomaly_count,
-        quality_score,
-        expected_reading_count,
-        flow_rate_count,
-        pressure_count,
-        temperature_count,
-        volume_reading_count,
-        avg_sensor_quality,
-        first_reading_at,
-        last_reading_at,
+        windowed.quality_score,
+        windowed.expected_reading_count,
+        windowed.flow_rate_count,
+        windowed.pressure_count,
+        windowed.temperature_count,
+        windowed.volume_reading_count,
+        windowed.avg_sensor_quality,
+        windowed.first_reading_at,
+        windowed.last_reading_at,
         {{ dbt.current_timestamp() }} as computed_at
     from windowed
     left join anomaly_counts

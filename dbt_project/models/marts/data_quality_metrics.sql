@@ -44,7 +44,7 @@ scored as (
 
 ),
 
-{#- Rejected readings without a node id or a timestamp belong to no window; they are
+{# Rejected readings without a node id or a timestamp belong to no window; they are
     counted in rejected_readings only. -#}
 rejected as (
 
@@ -108,7 +108,7 @@ scoped_scored as (
     inner join scope
         on scored.node_id = scope.node_id
         and scored.window_start >= scope.first_window_start
-    where scored.window_start >= (select min(first_window_start) from scope)
+    where scored.window_start >= (select min(scope.first_window_start) from scope)
 
 ),
 
@@ -149,6 +149,10 @@ rejected_by_window as (
 five_minute_partials as (
 
     select
+        scoped_scored.checked_volume_delta_m3,
+        scoped_scored.integrated_flow_m3,
+        scoped_scored.ingestion_lag_sum_s,
+        scoped_scored.max_ingestion_lag_s,
         coalesce(scoped_scored.node_id, rejected_by_window.node_id) as node_id,
         coalesce(scoped_scored.window_start, rejected_by_window.window_start) as window_start,
         coalesce(scoped_scored.reading_count, 0) as reading_count,
@@ -156,10 +160,6 @@ five_minute_partials as (
         coalesce(scoped_scored.flow_rate_count, 0) as flow_rate_count,
         coalesce(scoped_scored.volume_reading_count, 0) as volume_reading_count,
         coalesce(scoped_scored.consistency_reading_count, 0) as consistency_reading_count,
-        scoped_scored.checked_volume_delta_m3,
-        scoped_scored.integrated_flow_m3,
-        scoped_scored.ingestion_lag_sum_s,
-        scoped_scored.max_ingestion_lag_s,
         coalesce(scoped_scored.on_time_reading_count, 0) as on_time_reading_count
     from scoped_scored
     full outer join rejected_by_window

@@ -132,7 +132,7 @@ scoped_windows as (
 
     select hourly_windows.*
     from hourly_windows
-    where hourly_windows.window_start >= (select range_start from scope_bounds)
+    where hourly_windows.window_start >= (select scope_bounds.range_start from scope_bounds)
 
 ),
 
@@ -259,7 +259,9 @@ resolved as (
         days.day_start as window_start,
         days.day_end as window_end,
         days.local_date,
-        {% for column in total_columns %}daily_periods.{{ column }}{% if not loop.last %}, {% endif %}{% endfor %}
+        {%- for column in total_columns %}
+        daily_periods.{{ column }}{% if not loop.last %},{% endif %}
+        {%- endfor %}
     from daily_periods
     inner join days
         on daily_periods.local_date = days.local_date
@@ -371,7 +373,9 @@ night_flow as (
             then sum(nights.baseline_median_lps) end as baseline_median_lps
     from nights
     cross join (
-        select count(*) as inlet_districts from district_layout where inlet_meters > 0
+        select count(*) as inlet_districts
+        from district_layout
+        where inlet_meters > 0
     ) as network_layout
     group by nights.night_date
 
