@@ -9,7 +9,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install emulator demo dashboard test lint format docs serve deploy worker bench bench-cycle clean
+.PHONY: install emulator demo dashboard test test-fast lint format docs serve deploy worker bench bench-cycle clean
 
 # The offline BigQuery emulator the tests run the BigQuery target on. It lives in a venv of
 # its own: it needs duckdb 1.5 while the project pins duckdb 2.0 (docs/bigquery.md).
@@ -39,12 +39,16 @@ demo: install  ## generate a network, load it, run a cycle on DuckDB
 dashboard: install  ## the operations dashboard on http://127.0.0.1:8501 (read-only; docs/dashboard.md)
 	$(BIN)/water dashboard
 
-test: install  ## the whole suite (needs PostgreSQL and Redis on 127.0.0.1)
-	$(BIN)/pytest -q
+test: install  ## the whole suite (needs PostgreSQL and Redis on 127.0.0.1); the 15 slowest tests listed
+	$(BIN)/pytest -q --durations=15
 
-lint: install
+test-fast: install  ## pure functions and file checks only: no database, no dbt, no server (seconds)
+	$(BIN)/pytest -q tests/fast
+
+lint: install  ## ruff, ruff format, and sqlfluff on the dbt models (config: dbt_project/.sqlfluff)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/sqlfluff lint dbt_project/models --processes 0 --disable-progress-bar
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -184,11 +184,17 @@ def test_every_input_row_is_accounted_for(target, readings, tmp_path):
         valid = wh.scalar(
             "select count(*) from water_staging.stg_raw__sensor_readings where is_valid"
         )
+        valid_keys = wh.scalar(
+            "select count(*) from (select distinct node_id, reading_at"
+            " from water_staging.stg_raw__sensor_readings where is_valid) as valid_keys"
+        )
         reasons = wh.query_df(
             "select rejection_reasons from water_infrastructure.rejected_readings"
         )
-    repeats = valid - kept
-    assert raw_rows == kept + rejected + repeats
+    # A repeat is a valid row that loses to another valid row of its (node, time).
+    repeats = valid - valid_keys
+    assert kept == valid_keys, "one kept reading per valid (node_id, reading_at), none lost"
+    assert raw_rows == kept + rejected + repeats, "every raw row is kept, rejected or a repeat"
     expected = row_accounting(_raw(target))
     assert (raw_rows, kept, rejected, repeats) == (
         expected["input"],

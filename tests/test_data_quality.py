@@ -1,6 +1,6 @@
 """data_quality_metrics on generated data, on DuckDB and PostgreSQL.
 
-Twelve hours of readings ending now (so ingestion lag is real), with a half-hour gap, a
+Twelve to thirteen hours of readings ending now (so ingestion lag is real), with a half-hour gap, a
 totaliser running backwards and invalid rows. Each score is checked against what the data
 says: completeness against the gap, validity against the quarantine, consistency against
 the backwards totaliser, timeliness against loaded_at - reading_at of every reading.
@@ -9,7 +9,7 @@ the backwards totaliser, timeliness against loaded_at - reading_at of every read
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -26,18 +26,22 @@ TIMELINESS_MAX_LAG_S = 3600  # dbt var quality_timeliness_max_lag_s
 CONSISTENCY_TOLERANCE = 0.05  # dbt var quality_consistency_tolerance
 
 # The data ends at the last 5-minute boundary: the newest readings are on time when loaded,
-# readings older than an hour are late, and nothing lies in the future.
+# readings older than an hour are late, and nothing lies in the future. The generator's random
+# draws (missing readings, jitter) follow the grid index from `start`, so `start` is pinned to
+# a whole hour and the length is fixed: every run puts the same readings in the same UTC hours,
+# whatever the wall clock. The readings after END are cut by a gap on every node (faults
+# consume no randomness), so the data still ends now.
 _NOW = datetime.now(UTC)
 END = _NOW.replace(minute=_NOW.minute - _NOW.minute % 5, second=0, microsecond=0)
-START = END - timedelta(hours=12)
-GAP_HOUR = START.replace(minute=0) + timedelta(hours=3)
+START = END.replace(minute=0) - timedelta(hours=12)
+GAP_HOUR = START + timedelta(hours=3)
 GAP = Fault("gap", "N0002", GAP_HOUR + timedelta(minutes=20), GAP_HOUR + timedelta(minutes=50))
 BACKWARDS = Fault(
     "totaliser_backwards", "N0004", START + timedelta(hours=5), START + timedelta(hours=6)
 )
-CONFIG = SyntheticConfig(
-    nodes=18, days=0.5, cadence_s=300, seed=5, start=START, faults=(GAP, BACKWARDS), bad_rows=22
-)
+_NETWORK = SyntheticConfig(nodes=18, days=13 / 24, cadence_s=300, seed=5, start=START, bad_rows=22)
+_AFTER_END = tuple(Fault("gap", node, END) for node in node_metadata(_NETWORK).node_id)
+CONFIG = replace(_NETWORK, faults=(GAP, BACKWARDS, *_AFTER_END))
 LOGGERS = set(node_metadata(CONFIG).query("node_type == 'pressure_logger'").node_id)
 
 

@@ -62,7 +62,7 @@ district_meters as (
 
 watermark as (
 
-    select max(scored_at) as scored_at from {{ this }}
+    {{ last_run_watermark('scored_at') }}
 
 ),
 
@@ -76,7 +76,7 @@ touched_nights as (
         on windows.node_id = balance_meters.node_id
     cross join watermark
     where
-        (watermark.scored_at is null or windows.computed_at > watermark.scored_at)
+        {{ is_after_watermark('windows.computed_at') }}
         and extract(hour from {{ local_timestamp('windows.window_start') }}) >= {{ start_hour }}
         and extract(hour from {{ local_timestamp('windows.window_start') }}) < {{ end_hour }}
 
@@ -109,7 +109,7 @@ night_windows as (
         and windows.window_start >= touched_ranges.range_start
         and windows.window_start < touched_ranges.range_end
     where
-        windows.window_start >= (select min(range_start) from touched_ranges)
+        windows.window_start >= (select min(touched_ranges.range_start) from touched_ranges)
         and extract(hour from {{ local_timestamp('windows.window_start') }}) >= {{ start_hour }}
         and extract(hour from {{ local_timestamp('windows.window_start') }}) < {{ end_hour }}
 
@@ -239,7 +239,9 @@ nights_to_score as (
     select all_nights.*
     from all_nights
     inner join (
-        select district, min(night_date) as first_night from recomputed group by district
+        select district, min(night_date) as first_night
+        from recomputed
+        group by district
     ) as touched_start
         on all_nights.district = touched_start.district
         and all_nights.night_date >= touched_start.first_night
@@ -271,9 +273,10 @@ baseline_samples as (
     from nights_to_score
     inner join all_nights as history
         on nights_to_score.district = history.district
-        and history.night_date < nights_to_score.night_date
+        and nights_to_score.night_date > history.night_date
         and history.night_date >= {{ add_days('nights_to_score.night_date', -days) }}
-        and ({{ iso_day_of_week('history.night_date') }} >= 6) = ({{ iso_day_of_week('nights_to_score.night_date') }} >= 6)
+        and ({{ iso_day_of_week('history.night_date') }} >= 6)
+        = ({{ iso_day_of_week('nights_to_score.night_date') }} >= 6)
         and history.min_night_flow_lps is not null
 
 ),

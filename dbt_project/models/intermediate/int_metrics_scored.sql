@@ -88,7 +88,7 @@ node_settings as (
 
 watermark as (
 
-    select max(scored_at) as scored_at from {{ this }}
+    {{ last_run_watermark('scored_at') }}
 
 ),
 
@@ -101,12 +101,12 @@ touched_ranges as (
         {{ time_bucket_start(86400, 'min(windows.window_start)') }} as first_touched_day
     from windows
     cross join watermark
-    where watermark.scored_at is null or windows.computed_at > watermark.scored_at
+    where {{ is_after_watermark('windows.computed_at') }}
     group by windows.node_id
 
 ),
 
-{#- The last window before the touched ones: the silence after it may have changed. -#}
+{# The last window before the touched ones: the silence after it may have changed. -#}
 earlier_same_day as (
 
     select
@@ -114,9 +114,9 @@ earlier_same_day as (
         max(windows.window_start) as previous_window_start
     from touched_ranges
     inner join windows
-        on windows.node_id = touched_ranges.node_id
-        and windows.window_start >= touched_ranges.first_touched_day
-        and windows.window_start < touched_ranges.first_touched
+        on touched_ranges.node_id = windows.node_id
+        and touched_ranges.first_touched_day <= windows.window_start
+        and touched_ranges.first_touched > windows.window_start
     group by touched_ranges.node_id
 
 ),
@@ -128,9 +128,9 @@ earlier_days as (
         max(days.last_reading_at) as previous_reading_at
     from touched_ranges
     inner join {{ ref('int_metrics_windowed') }} as days
-        on days.time_window = '1day'
-        and days.node_id = touched_ranges.node_id
-        and days.window_start < touched_ranges.first_touched_day
+        on touched_ranges.node_id = days.node_id
+        and days.time_window = '1day'
+        and touched_ranges.first_touched_day > days.window_start
     group by touched_ranges.node_id
 
 ),
@@ -161,7 +161,7 @@ changed_baselines as (
     select baselines.node_id, baselines.baseline_week, baselines.hour_of_week, baselines.key_hour_start
     from baselines
     cross join watermark
-    where watermark.scored_at is null or baselines.computed_at > watermark.scored_at
+    where {{ is_after_watermark('baselines.computed_at') }}
 
 ),
 
@@ -189,7 +189,7 @@ scope_keys as (
         on windows.node_id = rescore_ranges.node_id
         and windows.window_start >= rescore_ranges.range_start
         and windows.window_start <= rescore_ranges.range_last
-    where windows.window_start >= (select min(range_start) from rescore_ranges)
+    where windows.window_start >= (select min(rescore_ranges.range_start) from rescore_ranges)
 
     union distinct
 
@@ -205,7 +205,7 @@ node_scope as (
 
 ),
 
-{#- Windows from each node's first re-scored window onwards (the next window after a
+{# Windows from each node's first re-scored window onwards (the next window after a
     silence can be far later); the global bound lets the engine skip older data. -#}
 nearby_windows as (
 
@@ -237,7 +237,10 @@ scoped_readings as (
     left join node_settings
         on readings.node_id = node_settings.node_id
     where
-        readings.reading_at >= {{ add_seconds('node_scope.first_window_start', '-coalesce(node_settings.lookback_s, ' ~ default_lookback ~ ')') }}
+        readings.reading_at >= {{ add_seconds(
+            'node_scope.first_window_start',
+            '-coalesce(node_settings.lookback_s, ' ~ default_lookback ~ ')'
+        ) }}
         and readings.reading_at < {{ add_seconds('node_scope.last_window_start', 300) }}
         and readings.reading_at >= (
             select {{ add_seconds('min(first_window_start)', -default_lookback - 86400) }} from node_scope
@@ -324,7 +327,9 @@ readings_checked as (
         case when pressure is not null then row_number() over (
             partition by node_id, pressure is null, pressure_run_id order by reading_at
         ) end as pressure_run_length,
-        case when volume is not null then {{ totaliser_delta('volume', 'previous_volume', 'seconds_since_previous_volume') }}
+        case
+            when volume is not null
+                then {{ totaliser_delta('volume', 'previous_volume', 'seconds_since_previous_volume') }}
         end as volume_delta,
         coalesce(
             seconds_since_previous_volume <= {{ max_gap }}
@@ -462,7 +467,7 @@ joined as (
 
 ),
 
-{#- A step is measured against the window 5 or 10 minutes earlier, whichever differs more:
+{# A step is measured against the window 5 or 10 minutes earlier, whichever differs more:
     a change that starts mid-window is split over two windows, and at a 5-minute cadence a
     window may have no reading. -#}
 steps as (

@@ -18,7 +18,7 @@
     result equals a full rebuild. 1hour and 1day roll up exact partial aggregates of
     the 5min windows (widths 300 | 3600 | 86400 nest). -#}
 {%- set max_gap = var('totaliser_max_gap_s') -%}
-{%- set widths = {'5min': 300, '1hour': 3600, '1day': 86400} -%}
+{%- set widths = window_widths() -%}
 
 with
 
@@ -38,7 +38,7 @@ nodes as (
 
 watermark as (
 
-    select max(last_loaded_at) as loaded_at from {{ this }}
+    {{ last_run_watermark('last_loaded_at') }}
 
 ),
 
@@ -47,7 +47,7 @@ new_readings as (
     select readings.node_id, readings.reading_at
     from readings
     cross join watermark
-    where watermark.loaded_at is null or readings.loaded_at > watermark.loaded_at
+    where {{ is_after_watermark('readings.loaded_at') }}
 
 ),
 
@@ -67,7 +67,7 @@ scoped_readings as (
 
     select
         readings.*,
-        readings.loaded_at > coalesce(watermark.loaded_at, {{ utc_timestamp('1900-01-01 00:00:00+00') }})
+        {{ is_after_watermark('readings.loaded_at') }}
             as is_new,
         readings.reading_at >= recompute_ranges.range_start as is_in_range
     from readings
@@ -219,14 +219,7 @@ touched_points as (
 
 touched_windows as (
 
-    {% for name, width in widths.items() %}
-    select distinct
-        node_id,
-        '{{ name }}' as time_window,
-        {{ time_bucket_start(width, 'touched_at') }} as window_start
-    from touched_points
-    {% if not loop.last %}union all{% endif %}
-    {% endfor %}
+    {{ windows_containing('touched_points', 'touched_at', widths) }}
 
 ),
 

@@ -41,7 +41,7 @@ windows as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -54,7 +54,7 @@ touched as (
         {{ hour_of_week(local_timestamp('windows.window_start')) }} as hour_of_week
     from windows
     cross join watermark
-    where watermark.computed_at is null or windows.computed_at > watermark.computed_at
+    where {{ is_after_watermark('windows.computed_at') }}
 
 ),
 
@@ -65,7 +65,7 @@ existing_keys as (
 
 ),
 
-{#- A key is needed to score its own windows; compute it once, when it is first seen. -#}
+{# A key is needed to score its own windows; compute it once, when it is first seen. -#}
 new_keys as (
 
     select
@@ -83,7 +83,7 @@ new_keys as (
 
 ),
 
-{#- Windows that changed feed the baselines of the same hour in the following weeks. -#}
+{# Windows that changed feed the baselines of the same hour in the following weeks. -#}
 affected_keys as (
 
     {% for k in range(1, weeks + 1) %}
@@ -177,7 +177,7 @@ samples as (
     inner join history
         on target_keys.node_id = history.node_id
         and target_keys.hour_of_week = history.hour_of_week
-        and history.local_week < target_keys.baseline_week
+        and target_keys.baseline_week > history.local_week
         and history.local_week >= {{ add_days('target_keys.baseline_week', -7 * weeks) }}
 
 ),

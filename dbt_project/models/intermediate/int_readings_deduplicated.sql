@@ -6,7 +6,6 @@
             {'columns': ['node_id', 'reading_at'], 'unique': true},
             {'columns': ['loaded_at']},
         ] if target.type == 'postgres' else [],
-        pre_hook=["{{ refresh_statistics(source('raw', 'sensor_readings')) }}"],
         post_hook=["{{ refresh_statistics(this) }}"],
     )
 }}
@@ -38,7 +37,7 @@ valid_readings as (
 
 watermark as (
 
-    select max(loaded_at) as loaded_at from {{ this }}
+    {{ last_run_watermark('loaded_at') }}
 
 ),
 
@@ -47,7 +46,7 @@ new_readings as (
     select valid_readings.*
     from valid_readings
     cross join watermark
-    where watermark.loaded_at is null or valid_readings.loaded_at > watermark.loaded_at
+    where {{ is_after_watermark('valid_readings.loaded_at') }}
 
 ),
 

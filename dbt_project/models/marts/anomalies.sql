@@ -26,14 +26,20 @@
 
     More detection sources (the ML detector): add the relation to `extra_sources` below; it
     must have the contract columns. Its rows are synced by anomaly_id and detected_at. -#}
-{%- set extra_sources = [source('ml', 'anomaly_detections')] -%}
+{%- set extra_sources = [ref('stg_ml__anomaly_detections')] -%}
 {%- set double = 'float64' if target.type == 'bigquery' else 'double precision' -%}
 {%- set timestamp_tz = 'timestamp' if target.type == 'bigquery' else 'timestamp with time zone' -%}
 {%- set z_critical = var('anomaly_zscore_critical') -%}
 {%- set gap_critical = var('anomaly_gap_critical_s') -%}
-{%- set node_methods = ['robust_zscore', 'pressure_band', 'step_change', 'no_variation', 'cadence_gap', 'totaliser_check', 'flow_direction'] -%}
+{%- set node_methods = [
+    'robust_zscore', 'pressure_band', 'step_change', 'no_variation', 'cadence_gap', 'totaliser_check',
+    'flow_direction',
+] -%}
 {%- set all_methods = node_methods + ['night_flow_baseline'] -%}
-{%- set contract_columns = ['anomaly_id', 'node_id', 'district', 'window_start', 'detected_at', 'anomaly_type', 'severity', 'measurement_type', 'actual_value', 'expected_value', 'deviation_percentage', 'detection_method', 'details'] -%}
+{%- set contract_columns = [
+    'anomaly_id', 'node_id', 'district', 'window_start', 'detected_at', 'anomaly_type', 'severity',
+    'measurement_type', 'actual_value', 'expected_value', 'deviation_percentage', 'detection_method', 'details',
+] -%}
 {%- set detectors = [
     {
         'name': 'flow_outlier',
@@ -217,7 +223,7 @@ watermark as (
 
     select max(evaluated_at) as evaluated_at
     from existing
-    where detection_method in ('{{ all_methods | join("', '") }}')
+    where detection_method in ('{{ all_methods | join("', '") }}')  -- noqa: LT05
 
 ),
 
@@ -227,7 +233,9 @@ scored_windows as (
 
     select * from {{ ref('int_metrics_scored') }}
     {% if is_incremental() %}
-    where scored_at > coalesce((select evaluated_at from watermark), {{ utc_timestamp('1900-01-01 00:00:00+00') }})
+    where scored_at > coalesce(
+        (select watermark.evaluated_at from watermark), {{ utc_timestamp('1900-01-01 00:00:00+00') }}
+    )
     {% endif %}
 
 ),
@@ -236,12 +244,14 @@ scored_nights as (
 
     select * from {{ ref('int_district_night_flows_scored') }}
     {% if is_incremental() %}
-    where scored_at > coalesce((select evaluated_at from watermark), {{ utc_timestamp('1900-01-01 00:00:00+00') }})
+    where scored_at > coalesce(
+        (select watermark.evaluated_at from watermark), {{ utc_timestamp('1900-01-01 00:00:00+00') }}
+    )
     {% endif %}
 
 ),
 
-{#- Silence now: no reading for longer than the gap threshold before the data horizon (the
+{# Silence now: no reading for longer than the gap threshold before the data horizon (the
     newest reading of the whole network), so the answer depends on the data, not the clock. -#}
 last_readings as (
 
@@ -277,7 +287,9 @@ detections as (
 
     {% for d in detectors %}
     select
-        {{ anomaly_id('node_id', d.anomaly_type, d.measurement_type, 'window_start', "'" ~ d.method ~ "'") }} as anomaly_id,
+        {{ anomaly_id(
+            'node_id', d.anomaly_type, d.measurement_type, 'window_start', "'" ~ d.method ~ "'"
+        ) }} as anomaly_id,
         node_id,
         district,
         window_start,
@@ -299,7 +311,10 @@ detections as (
     {% endfor %}
 
     select
-        {{ anomaly_id("concat('district:', district)", "'night_flow_high'", "'flow_rate'", 'night_start_at', "'night_flow_baseline'") }}
+        {{ anomaly_id(
+            "concat('district:', district)", "'night_flow_high'", "'flow_rate'", 'night_start_at',
+            "'night_flow_baseline'"
+        ) }}
             as anomaly_id,
         concat('district:', district) as node_id,
         district,
@@ -328,7 +343,10 @@ detections as (
     union all
 
     select
-        {{ anomaly_id('node_id', "'sensor_silent'", 'cast(null as ' ~ dbt.type_string() ~ ')', time_bucket_start(300, 'last_reading_at'), "'cadence_gap'") }}
+        {{ anomaly_id(
+            'node_id', "'sensor_silent'", 'cast(null as ' ~ dbt.type_string() ~ ')',
+            time_bucket_start(300, 'last_reading_at'), "'cadence_gap'"
+        ) }}
             as anomaly_id,
         node_id,
         district,
@@ -345,7 +363,7 @@ detections as (
             ['data_horizon_at', 'timestamp', 'horizon_at'],
             ['expected_cadence_s', 'integer', 'expected_cadence_s'],
         ]) }} as details,
-        (select max(scored_at) from {{ ref('int_metrics_scored') }}) as evaluated_at,
+        (select max(rescored.scored_at) from {{ ref('int_metrics_scored') }} as rescored) as evaluated_at,
         cast(null as {{ timestamp_tz }}) as source_detected_at
     from silent_nodes
     where silent_seconds > gap_threshold_s
@@ -395,7 +413,7 @@ fresh as (
 
 ),
 
-{#- Published anomalies whose window / night was re-evaluated and that were not found again. -#}
+{# Published anomalies whose window / night was re-evaluated and that were not found again. -#}
 retracted_ids as (
 
     select existing.anomaly_id
@@ -403,7 +421,7 @@ retracted_ids as (
     inner join scored_windows
         on existing.node_id = scored_windows.node_id
         and existing.window_start = scored_windows.window_start
-    where existing.detection_method in ('{{ node_methods | join("', '") }}')
+    where existing.detection_method in ('{{ node_methods | join("', '") }}')  -- noqa: LT05
 
     union distinct
 

@@ -28,7 +28,7 @@
     readings. Windows that close in this run are merged even when no new reading falls in
     them.
     -#}
-{%- set widths = {'5min': 300, '1hour': 3600, '1day': 86400} -%}
+{%- set widths = window_widths() -%}
 -- depends_on: {{ ref('int_metrics_scored') }}
 with
 
@@ -42,7 +42,7 @@ closing_clocks as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -51,14 +51,14 @@ recount_points as (
     select scored.node_id, scored.window_start
     from {{ ref('int_metrics_scored') }} as scored
     cross join watermark
-    where watermark.computed_at is null or scored.scored_at > watermark.computed_at
+    where {{ is_after_watermark('scored.scored_at') }}
 
     union distinct
 
     select published.node_id, published.window_start
     from {{ ref('anomalies') }} as published
     cross join watermark
-    where watermark.computed_at is null or published.evaluated_at > watermark.computed_at
+    where {{ is_after_watermark('published.evaluated_at') }}
 
 ),
 
@@ -67,18 +67,15 @@ changed_windows as (
     select recomputed.node_id, recomputed.time_window, recomputed.window_start
     from {{ ref('int_metrics_windowed') }} as recomputed
     cross join watermark
-    where watermark.computed_at is null or recomputed.computed_at > watermark.computed_at
-    {% for name, width in widths.items() %}
+    where {{ is_after_watermark('recomputed.computed_at') }}
 
     union distinct
 
-    select node_id, '{{ name }}' as time_window, {{ time_bucket_start(width, 'window_start') }} as window_start
-    from recount_points
-    {% endfor %}
+    {{ windows_containing('recount_points', 'window_start', widths, 'union distinct') }}
 
 ),
 
-{#- Windows close in order of window_end and each run publishes every window that closed, so
+{# Windows close in order of window_end and each run publishes every window that closed, so
     all a node's 1hour and 1day windows ending by its latest published one are published:
     the windows that can have closed since end later, up to the node's closing clock. -#}
 published_windows as (
@@ -124,7 +121,7 @@ windowed as (
         on all_windows.node_id = publishable_windows.node_id
         and all_windows.time_window = publishable_windows.time_window
         and all_windows.window_start = publishable_windows.window_start
-    where all_windows.window_start >= (select min(window_start) from publishable_windows)
+    where all_windows.window_start >= (select min(publishable_windows.window_start) from publishable_windows)
 
 ),
 
@@ -143,7 +140,7 @@ node_anomalies as (
     select published.node_id, published.window_start
     from {{ ref('anomalies') }} as published
     {% if is_incremental() %}
-    where published.window_start >= (select min(window_start) from publishable_windows)
+    where published.window_start >= (select min(publishable_windows.window_start) from publishable_windows)
     {% endif %}
 
 ),
@@ -169,28 +166,28 @@ final as (
         windowed.node_id,
         windowed.time_window,
         windowed.window_start,
-        window_end,
-        reading_count,
-        avg_flow_rate,
-        min_flow_rate,
-        max_flow_rate,
-        avg_pressure,
-        min_pressure,
-        max_pressure,
-        avg_temperature,
-        min_temperature,
-        max_temperature,
-        total_volume,
+        windowed.window_end,
+        windowed.reading_count,
+        windowed.avg_flow_rate,
+        windowed.min_flow_rate,
+        windowed.max_flow_rate,
+        windowed.avg_pressure,
+        windowed.min_pressure,
+        windowed.max_pressure,
+        windowed.avg_temperature,
+        windowed.min_temperature,
+        windowed.max_temperature,
+        windowed.total_volume,
         cast(coalesce(anomaly_counts.anomaly_count, 0) as integer) as anomaly_count,
-        quality_score,
-        expected_reading_count,
-        flow_rate_count,
-        pressure_count,
-        temperature_count,
-        volume_reading_count,
-        avg_sensor_quality,
-        first_reading_at,
-        last_reading_at,
+        windowed.quality_score,
+        windowed.expected_reading_count,
+        windowed.flow_rate_count,
+        windowed.pressure_count,
+        windowed.temperature_count,
+        windowed.volume_reading_count,
+        windowed.avg_sensor_quality,
+        windowed.first_reading_at,
+        windowed.last_reading_at,
         {{ dbt.current_timestamp() }} as computed_at
     from windowed
     left join anomaly_counts

@@ -19,7 +19,7 @@
     rejected_readings; 1hour and 1day roll the 5-minute partials up exactly. Incremental: the
     windows containing a re-scored 5-minute window or a newly rejected reading are
     recomputed and merged. -#}
-{%- set widths = {'5min': 300, '1hour': 3600, '1day': 86400} -%}
+{%- set widths = window_widths() -%}
 {%- set weights = var('quality_weights') -%}
 {%- set tolerance = var('quality_consistency_tolerance') -%}
 
@@ -44,7 +44,7 @@ scored as (
 
 ),
 
-{#- Rejected readings without a node id or a timestamp belong to no window; they are
+{# Rejected readings without a node id or a timestamp belong to no window; they are
     counted in rejected_readings only. -#}
 rejected as (
 
@@ -67,7 +67,7 @@ node_settings as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -76,24 +76,20 @@ touched_points as (
     select scored.node_id, scored.window_start
     from scored
     cross join watermark
-    where watermark.computed_at is null or scored.scored_at > watermark.computed_at
+    where {{ is_after_watermark('scored.scored_at') }}
 
     union distinct
 
     select rejected.node_id, {{ time_bucket_start(300, 'rejected.reading_at') }} as window_start
     from rejected
     cross join watermark
-    where watermark.computed_at is null or rejected.rejected_at > watermark.computed_at
+    where {{ is_after_watermark('rejected.rejected_at') }}
 
 ),
 
 touched_windows as (
 
-    {% for name, width in widths.items() %}
-    select distinct node_id, '{{ name }}' as time_window, {{ time_bucket_start(width, 'window_start') }} as window_start
-    from touched_points
-    {% if not loop.last %}union all{% endif %}
-    {% endfor %}
+    {{ windows_containing('touched_points', 'window_start', widths) }}
 
 ),
 
@@ -112,7 +108,7 @@ scoped_scored as (
     inner join scope
         on scored.node_id = scope.node_id
         and scored.window_start >= scope.first_window_start
-    where scored.window_start >= (select min(first_window_start) from scope)
+    where scored.window_start >= (select min(scope.first_window_start) from scope)
 
 ),
 
@@ -153,6 +149,10 @@ rejected_by_window as (
 five_minute_partials as (
 
     select
+        scoped_scored.checked_volume_delta_m3,
+        scoped_scored.integrated_flow_m3,
+        scoped_scored.ingestion_lag_sum_s,
+        scoped_scored.max_ingestion_lag_s,
         coalesce(scoped_scored.node_id, rejected_by_window.node_id) as node_id,
         coalesce(scoped_scored.window_start, rejected_by_window.window_start) as window_start,
         coalesce(scoped_scored.reading_count, 0) as reading_count,
@@ -160,10 +160,6 @@ five_minute_partials as (
         coalesce(scoped_scored.flow_rate_count, 0) as flow_rate_count,
         coalesce(scoped_scored.volume_reading_count, 0) as volume_reading_count,
         coalesce(scoped_scored.consistency_reading_count, 0) as consistency_reading_count,
-        scoped_scored.checked_volume_delta_m3,
-        scoped_scored.integrated_flow_m3,
-        scoped_scored.ingestion_lag_sum_s,
-        scoped_scored.max_ingestion_lag_s,
         coalesce(scoped_scored.on_time_reading_count, 0) as on_time_reading_count
     from scoped_scored
     full outer join rejected_by_window

@@ -85,7 +85,7 @@ nights as (
 
 watermark as (
 
-    select max(computed_at) as computed_at from {{ this }}
+    {{ last_run_watermark('computed_at') }}
 
 ),
 
@@ -94,7 +94,7 @@ touched_node_hours as (
     select hourly_windows.node_id, hourly_windows.window_start
     from hourly_windows
     cross join watermark
-    where watermark.computed_at is null or hourly_windows.computed_at > watermark.computed_at
+    where {{ is_after_watermark('hourly_windows.computed_at') }}
 
 ),
 
@@ -117,7 +117,7 @@ touched_days as (
     select nights.district, nights.night_date as local_date
     from nights
     cross join watermark
-    where watermark.computed_at is null or nights.scored_at > watermark.computed_at
+    where {{ is_after_watermark('nights.scored_at') }}
 
 ),
 
@@ -132,7 +132,7 @@ scoped_windows as (
 
     select hourly_windows.*
     from hourly_windows
-    where hourly_windows.window_start >= (select range_start from scope_bounds)
+    where hourly_windows.window_start >= (select scope_bounds.range_start from scope_bounds)
 
 ),
 
@@ -259,7 +259,9 @@ resolved as (
         days.day_start as window_start,
         days.day_end as window_end,
         days.local_date,
-        {% for column in total_columns %}daily_periods.{{ column }}{% if not loop.last %}, {% endif %}{% endfor %}
+        {%- for column in total_columns %}
+        daily_periods.{{ column }}{% if not loop.last %},{% endif %}
+        {%- endfor %}
     from daily_periods
     inner join days
         on daily_periods.local_date = days.local_date
@@ -371,7 +373,9 @@ night_flow as (
             then sum(nights.baseline_median_lps) end as baseline_median_lps
     from nights
     cross join (
-        select count(*) as inlet_districts from district_layout where inlet_meters > 0
+        select count(*) as inlet_districts
+        from district_layout
+        where inlet_meters > 0
     ) as network_layout
     group by nights.night_date
 

@@ -38,7 +38,10 @@ final as (
     from readings
     where not is_valid
     {% if is_incremental() %}
-        and loaded_at > (select coalesce(max(loaded_at), {{ utc_timestamp('1900-01-01 00:00:00+00') }}) from {{ this }})
+        and loaded_at > (
+            select coalesce(max(published.loaded_at), {{ utc_timestamp('1900-01-01 00:00:00+00') }})
+            from {{ this }} as published
+        )
     {% endif %}
 
 )

@@ -38,7 +38,7 @@ holidays as (
 
 ),
 
-{#- The network's newest reading; from the 5-minute windows, which are published as they
+{# The network's newest reading; from the 5-minute windows, which are published as they
     fill (computed_metrics publishes an hour only once it is closed). -#}
 data_clock as (
 

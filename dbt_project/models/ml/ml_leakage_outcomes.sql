@@ -5,7 +5,7 @@ with
 
 estimates as (
 
-    select * from {{ source('ml', 'leakage_estimates') }}
+    select * from {{ ref('stg_ml__leakage_estimates') }}
 
 ),
 

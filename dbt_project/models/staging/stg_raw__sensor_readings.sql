@@ -1,3 +1,6 @@
+{#- Statistics of the raw table are refreshed here, the one model that reads it, before the
+    de-duplication scans it (a view is rebuilt on every run). -#}
+{{ config(post_hook=["{{ refresh_statistics(source('raw', 'sensor_readings')) }}"]) }}
 {#- Every raw reading, typed and checked against DESIGN.md's validation rules.
     Nothing is filtered here: `is_valid` and `rejection_reasons` say what happens next. -#}
 with

@@ -17,11 +17,11 @@ with
 
 forecasts as (
 
-    select * from {{ source('ml', 'flow_forecasts') }}
+    select * from {{ ref('stg_ml__flow_forecasts') }}
     {% if is_incremental() %}
     where created_at > (
-        select coalesce(max(created_at), {{ utc_timestamp('1900-01-01 00:00:00+00') }})
-        from {{ this }}
+        select coalesce(max(published.created_at), {{ utc_timestamp('1900-01-01 00:00:00+00') }})
+        from {{ this }} as published
     )
     {% endif %}
 

@@ -20,7 +20,7 @@ def model(dbt, session):
     )
     from ml.scoring import forecast_cache_rows
 
-    registry = _pandas(dbt.source("ml_registry", "ml_models"))
+    registry = _pandas(dbt.ref("stg_ml_registry__ml_models"))
     features = _pandas(dbt.ref("ml_features").filter("hours_after_origin between 0 and 24"))
     existing = None
     if dbt.is_incremental:
