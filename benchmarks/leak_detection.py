@@ -90,6 +90,7 @@ def build(config: SyntheticConfig, workdir: Path) -> Network:
     with connect(target) as wh:
         load_synthetic(wh, config, progress=False, landing_dir=landing)
         ensure_ml_tables(wh)  # `anomalies` reads the ML detector's (here empty) output
+    run_dbt(target, "seed")  # the holiday calendar, as a cycle's `dbt build` does
     run_dbt(target, "run", ["--select", "+anomaly_events"])
     with connect(target) as wh:
         events = wh.query_df(
