@@ -26,6 +26,11 @@
 {%- set max_gap = var('totaliser_max_gap_s') -%}
 {%- set default_cadence = var('default_expected_cadence_s') -%}
 {%- set default_lookback = [max_gap, 2 * stuck_n * default_cadence] | max -%}
+{#- A public holiday is its own day type: its windows are judged against the previous week's
+    Sunday baseline (holidays count as Sundays, as in ml_features). The seed is read only if
+    it was built (`dbt build` / `dbt seed` do; a bare `dbt run` without it knows no holidays). -#}
+{%- set holidays_ref = ref('italian_public_holidays') -%}
+{%- set holidays_relation = load_relation(holidays_ref) if execute and holidays_ref.schema else none -%}
 
 with
 
@@ -51,6 +56,17 @@ windows as (
         computed_at
     from {{ ref('int_metrics_windowed') }}
     where time_window = '5min'
+
+),
+
+holidays as (
+
+    -- depends_on: {{ ref('italian_public_holidays') }}
+    {% if holidays_relation is not none -%}
+    select holiday_date from {{ ref('italian_public_holidays') }}
+    {%- else -%}
+    select cast(null as date) as holiday_date from (select 1 as one) as no_holidays where 1 = 0
+    {%- endif %}
 
 ),
 
@@ -181,6 +197,20 @@ rebaselined as (
 
 ),
 
+rebaselined_holidays as (
+
+    select windows.node_id, windows.window_start
+    from windows
+    inner join holidays
+        on cast({{ local_timestamp('windows.window_start') }} as date) = holidays.holiday_date
+    inner join changed_baselines
+        on windows.node_id = changed_baselines.node_id
+        and {{ week_start_date(local_timestamp('windows.window_start')) }} = {{ add_days('changed_baselines.baseline_week', 7) }}
+        and 144 + mod({{ hour_of_week(local_timestamp('windows.window_start')) }}, 24) = changed_baselines.hour_of_week
+    where windows.window_start >= (select min(key_hour_start) from changed_baselines)
+
+),
+
 scope_keys as (
 
     select windows.node_id, windows.window_start
@@ -194,6 +224,10 @@ scope_keys as (
     union distinct
 
     select node_id, window_start from rebaselined
+
+    union distinct
+
+    select node_id, window_start from rebaselined_holidays
 
 ),
 
@@ -398,9 +432,19 @@ localised as (
 
     select
         scope_windows.*,
-        {{ week_start_date(local_timestamp('scope_windows.window_start')) }} as baseline_week,
-        {{ hour_of_week(local_timestamp('scope_windows.window_start')) }} as hour_of_week
+        case
+            when holidays.holiday_date is not null
+                then {{ add_days(week_start_date(local_timestamp('scope_windows.window_start')), -7) }}
+            else {{ week_start_date(local_timestamp('scope_windows.window_start')) }}
+        end as baseline_week,
+        case
+            when holidays.holiday_date is not null
+                then 144 + mod({{ hour_of_week(local_timestamp('scope_windows.window_start')) }}, 24)
+            else {{ hour_of_week(local_timestamp('scope_windows.window_start')) }}
+        end as hour_of_week
     from scope_windows
+    left join holidays
+        on cast({{ local_timestamp('scope_windows.window_start') }} as date) = holidays.holiday_date
 
 ),
 

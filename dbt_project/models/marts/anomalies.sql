@@ -40,9 +40,15 @@
     'anomaly_id', 'node_id', 'district', 'window_start', 'detected_at', 'anomaly_type', 'severity',
     'measurement_type', 'actual_value', 'expected_value', 'deviation_percentage', 'detection_method', 'details',
 ] -%}
+{#- Node types for which a detector's premise does not hold (docs/anomalies.md "Node types"):
+    pumps and valves switch between off and duty points, so neither an hour-of-week baseline
+    nor a step means anything on them; tank and reservoir levels fill and drain by design. -#}
+{%- set switching = var('anomaly_switching_node_types') -%}
+{%- set levels = var('anomaly_level_node_types') -%}
 {%- set detectors = [
     {
         'name': 'flow_outlier',
+        'skip_node_types': switching,
         'where': 'is_flow_outlier',
         'anomaly_type': "case when flow_robust_z > 0 then 'flow_high' else 'flow_low' end",
         'severity': "case when abs(flow_robust_z) >= " ~ z_critical ~ " then 'critical' else 'warning' end",
@@ -59,6 +65,7 @@
     },
     {
         'name': 'pressure_outlier',
+        'skip_node_types': switching + levels,
         'where': 'is_pressure_outlier',
         'anomaly_type': "case when pressure_robust_z > 0 then 'pressure_high' else 'pressure_low' end",
         'severity': "case when abs(pressure_robust_z) >= " ~ z_critical ~ " then 'critical' else 'warning' end",
@@ -92,6 +99,7 @@
     },
     {
         'name': 'flow_step',
+        'skip_node_types': switching,
         'where': 'is_flow_step',
         'anomaly_type': "'step_change'",
         'severity': "'warning'",
@@ -107,6 +115,7 @@
     },
     {
         'name': 'pressure_step',
+        'skip_node_types': switching + levels,
         'where': 'is_pressure_step',
         'anomaly_type': "'step_change'",
         'severity': "'warning'",
@@ -231,9 +240,14 @@ watermark as (
 
 scored_windows as (
 
-    select * from {{ ref('int_metrics_scored') }}
+    select
+        scored.*,
+        coalesce(node_types.node_type, '') as node_type
+    from {{ ref('int_metrics_scored') }} as scored
+    left join {{ ref('stg_raw__node_metadata') }} as node_types
+        on scored.node_id = node_types.node_id
     {% if is_incremental() %}
-    where scored_at > coalesce(
+    where scored.scored_at > coalesce(
         (select watermark.evaluated_at from watermark), {{ utc_timestamp('1900-01-01 00:00:00+00') }}
     )
     {% endif %}
@@ -305,6 +319,9 @@ detections as (
         cast(null as {{ timestamp_tz }}) as source_detected_at
     from scored_windows
     where {{ d.where }}
+    {%- if d.skip_node_types %}
+        and node_type not in ('{{ d.skip_node_types | join("', '") }}')
+    {%- endif %}
 
     union all
 
