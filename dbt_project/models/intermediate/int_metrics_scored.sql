@@ -65,7 +65,9 @@ holidays as (
     {% if holidays_relation is not none -%}
     select holiday_date from {{ ref('italian_public_holidays') }}
     {%- else -%}
-    select cast(null as date) as holiday_date from (select 1 as one) as no_holidays where 1 = 0
+    select cast(null as date) as holiday_date
+    from (select 1 as one) as no_holidays
+    where 1 = 0
     {%- endif %}
 
 ),
@@ -205,9 +207,10 @@ rebaselined_holidays as (
         on cast({{ local_timestamp('windows.window_start') }} as date) = holidays.holiday_date
     inner join changed_baselines
         on windows.node_id = changed_baselines.node_id
-        and {{ week_start_date(local_timestamp('windows.window_start')) }} = {{ add_days('changed_baselines.baseline_week', 7) }}
+        and {{ week_start_date(local_timestamp('windows.window_start')) }}
+        = {{ add_days('changed_baselines.baseline_week', 7) }}
         and 144 + mod({{ hour_of_week(local_timestamp('windows.window_start')) }}, 24) = changed_baselines.hour_of_week
-    where windows.window_start >= (select min(key_hour_start) from changed_baselines)
+    where windows.window_start >= (select min(changed_baselines.key_hour_start) from changed_baselines)
 
 ),
 

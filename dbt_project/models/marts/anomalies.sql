@@ -320,7 +320,7 @@ detections as (
     from scored_windows
     where {{ d.where }}
     {%- if d.skip_node_types %}
-        and node_type not in ('{{ d.skip_node_types | join("', '") }}')
+        and node_type not in ('{{ d.skip_node_types | join("', '") }}')  -- noqa: LT05
     {%- endif %}
 
     union all

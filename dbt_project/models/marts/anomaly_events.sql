@@ -84,8 +84,8 @@ windows as (
 
 ),
 
-{#- A window starts a new event when the condition's previous windows all ended more than a
-    quiet period before it. -#}
+{# A window starts a new event when the condition's previous windows all ended more than a
+    quiet period before it. #}
 flagged as (
 
     select
@@ -165,16 +165,16 @@ peaks as (
 
 ),
 
-{#- How long the condition must last before the event alarms (null: never). -#}
+{# How long the condition must last before the event alarms (null: never). #}
 persistence as (
 
     select
         *,
         {{ seconds_between('started_at', 'last_seen_at') }} as duration_s,
         case
-            when anomaly_type in ('{{ immediate_types | join("', '") }}') then 0
+            when anomaly_type in ('{{ immediate_types | join("', '") }}') then 0  -- noqa: LT05
             when anomaly_type = 'stuck_sensor'
-                and node_type in ('{{ deadband_node_types | join("', '") }}') then {{ stuck_deadband_min_s }}
+                and node_type in ('{{ deadband_node_types | join("', '") }}') then {{ stuck_deadband_min_s }}  -- noqa: LT05
             when anomaly_type = 'stuck_sensor' then {{ stuck_min_s }}
             else {{ min_s }}
         end as warning_after_s
@@ -182,11 +182,14 @@ persistence as (
 
 ),
 
+{%- set event_key = "concat(persistence.subject, '|', persistence.anomaly_type, '|', "
+    ~ "coalesce(persistence.measurement_type, ''), '|', cast("
+    ~ epoch_seconds('persistence.started_at') ~ " as " ~ dbt.type_string() ~ "))" %}
+
 final as (
 
     select
-        {{ md5_hex("concat(persistence.subject, '|', persistence.anomaly_type, '|', coalesce(persistence.measurement_type, ''), '|', cast("
-            ~ epoch_seconds('persistence.started_at') ~ " as " ~ dbt.type_string() ~ "))") }} as event_id,
+        {{ md5_hex(event_key) }} as event_id,  -- noqa: LT05
         persistence.subject,
         persistence.district,
         persistence.anomaly_type,
