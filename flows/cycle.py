@@ -93,6 +93,9 @@ class GateFailed(RuntimeError):
     """A quality gate found critical failures: nothing of this run is published."""
 
 
+# One quick retry of the publish step: a Redis outage must not hold the cycle.
+PUBLISH_RETRIES = 1
+
 # --------------------------------------------------------------------------- transient errors
 
 
@@ -545,7 +548,12 @@ class _Run:
         try:
             # One quick retry: a Redis outage must not hold the cycle; the next one republishes.
             published = self.step(
-                "publish", publish, self.target, self.result.cycle_id, redis_client, retries=1
+                "publish",
+                publish,
+                self.target,
+                self.result.cycle_id,
+                redis_client,
+                retries=PUBLISH_RETRIES,
             )
             self.result.publish = published.summary()
         except Exception as exc:
