@@ -127,6 +127,33 @@ def test_truncated_and_mistyped_parquet_are_refused(target, tmp_path):
     assert _raw_count(target) == 0
 
 
+def test_loader_edges_found_by_the_fault_campaign(target, tmp_path):
+    """List-typed columns name file and column; DATE timestamps are refused; an empty folder is
+    an error; .pq files in folders load."""
+    listed = _frame(3).assign(node_id=[["a"], ["b"], ["c"]])
+    listed.to_parquet(tmp_path / "listed.parquet", index=False)
+    _frame(3).assign(flow_rate=[[1.0], [2.0], [3.0]]).to_parquet(
+        tmp_path / "listflow.parquet", index=False
+    )
+    _frame(3).assign(timestamp=[T0.date()] * 3).to_parquet(tmp_path / "dates.parquet", index=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "pq").mkdir()
+    _frame(4).to_parquet(tmp_path / "pq" / "part.pq", index=False)
+    with connect(target) as wh:
+        for name, message in [
+            ("listed.parquet", r"listed\.parquet: column node_id has type VARCHAR\[\]"),
+            ("listflow.parquet", r"listflow\.parquet: column flow_rate has type DOUBLE\[\]"),
+            ("dates.parquet", r"dates\.parquet: column timestamp has type DATE; .*time of day"),
+            ("empty", r"empty: no \.parquet, \.pq or \.csv file in this folder"),
+        ]:
+            with pytest.raises(LoadError, match=message):
+                load_files(wh, [str(tmp_path / name)], progress=False)
+        assert _raw_count(target) == 0
+        loaded = load_files(wh, [str(tmp_path / "pq")], progress=False)
+    assert [r.rows for r in loaded] == [4]
+    assert _raw_count(target) == 4
+
+
 def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path):
     csv = tmp_path / "dirty.csv"
     csv.write_text(

@@ -78,7 +78,7 @@ class DateRange:
 
 
 def expand_sources(patterns: Iterable[str]) -> list[Path]:
-    """Expand globs and directories into a sorted list of .parquet/.csv files."""
+    """Expand globs and directories into a sorted list of .parquet/.pq/.csv files."""
     files: list[Path] = []
     for pattern in patterns:
         matches = (
@@ -89,14 +89,19 @@ def expand_sources(patterns: Iterable[str]) -> list[Path]:
         for match in matches:
             path = Path(match)
             if path.is_dir():
-                files.extend(
-                    sorted(p for p in path.rglob("*") if p.suffix.lower() in (".parquet", ".csv"))
-                )
+                found = sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_SUFFIXES)
+                if not found:
+                    # Loading nothing is never what was asked for: say so, exit non-zero.
+                    raise LoadError(f"{path}: no .parquet, .pq or .csv file in this folder")
+                files.extend(found)
             elif not path.exists():
                 raise LoadError(f"{path}: no such file")
             else:
                 files.append(path)
     return files
+
+
+FILE_SUFFIXES = (".parquet", ".pq", ".csv")
 
 
 def file_format(path: Path) -> str:
@@ -330,10 +335,21 @@ def _csv_header(path: Path) -> list[str]:
 def _typed(column: str, src: str, col_type: str, path: Path) -> tuple[str, str | None]:
     """(typed expression, failure predicate or None) for one source column."""
     text = f"nullif(trim(cast({src} as varchar)), '')"
+    if col_type.endswith("]") or col_type.startswith(("STRUCT", "MAP", "UNION")):
+        # Lists and structs start like their element type (DOUBLE[]): refuse them by name.
+        raise LoadError(f"{path}: column {column} has type {col_type}; expected a single value")
     if column in ("node_id", "node_name"):
-        return f"cast({src} as varchar)", None
+        if col_type == "VARCHAR" or col_type.startswith(_NUMERIC_TYPES):
+            return f"cast({src} as varchar)", None
+        raise LoadError(f"{path}: column {column} has type {col_type}; expected text")
     if column == "timestamp":
-        if col_type.startswith("TIMESTAMP") or col_type == "DATE":
+        if col_type == "DATE":
+            # A date is not a reading time: loading it as midnight would invent a time of day.
+            raise LoadError(
+                f"{path}: column timestamp has type DATE; a reading needs a time of day"
+                " (expected a timestamp or ISO-8601 text)"
+            )
+        if col_type.startswith("TIMESTAMP"):
             return f"cast({src} as timestamptz)", None
         if col_type == "VARCHAR":
             return (
