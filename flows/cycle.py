@@ -396,21 +396,30 @@ class _Run:
     def load(
         self, sources: Sequence[str], start: date | None, end: date | None, synthetic_config
     ) -> StepRecord:
+        from flows.loaders.files import PartialLoad
         from flows.loading import load_source
 
+        refused: list[dict[str, str]] = []
         with open_warehouse(self.target) as wh:
-            results = load_source(
-                wh, list(sources), start, end, progress=False, synthetic_config=synthetic_config
-            )
-        return StepRecord(
-            "ok",
-            detail={
-                "source": list(sources),
-                "files_loaded": sum(1 for r in results if not r.skipped),
-                "files_already_loaded": sum(1 for r in results if r.skipped),
-                "rows_loaded": sum(r.rows for r in results),
-            },
-        )
+            try:
+                results = load_source(
+                    wh, list(sources), start, end, progress=False, synthetic_config=synthetic_config
+                )
+            except PartialLoad as exc:
+                # The good files are committed and processed; the refused ones are recorded in
+                # the job (and left where they are: the next cycle reports them again).
+                results = exc.results
+                refused = [{"file": f, "reason": reason} for f, reason in exc.refused]
+                log.warning("load: %s", _one_line(exc))
+        detail = {
+            "source": list(sources),
+            "files_loaded": sum(1 for r in results if not r.skipped),
+            "files_already_loaded": sum(1 for r in results if r.skipped),
+            "rows_loaded": sum(r.rows for r in results),
+        }
+        if refused:
+            detail["refused_files"] = refused
+        return StepRecord("ok", detail=detail)
 
     def scope(self) -> Scope:
         with open_warehouse(self.target) as wh:

@@ -13,7 +13,7 @@ import pytest
 from flows.config import ConfigError
 from flows.cycle import run_cycle
 from flows.loaders.bigquery import build_extract_query, extraction_end, extraction_start, table_path
-from flows.loaders.files import DateRange, LoadError, load_files
+from flows.loaders.files import DateRange, LoadError, PartialLoad, load_files
 from flows.nodes import NodeFileError, register_node_file
 from flows.raw_store import ensure_raw_tables
 from flows.warehouse import connect
@@ -152,6 +152,43 @@ def test_loader_edges_found_by_the_fault_campaign(target, tmp_path):
         loaded = load_files(wh, [str(tmp_path / "pq")], progress=False)
     assert [r.rows for r in loaded] == [4]
     assert _raw_count(target) == 4
+
+
+def test_one_unreadable_file_in_a_folder_does_not_stop_the_others(target, tmp_path):
+    """Found by the fault campaign: one bad file halted every node's processing."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    _frame(5, node="N1").to_parquet(folder / "a.parquet", index=False)
+    data = (folder / "a.parquet").read_bytes()
+    (folder / "b.parquet").write_bytes(data[: len(data) // 2])  # truncated: unreadable
+    _frame(7, node="N2").to_parquet(folder / "c.parquet", index=False)
+    with connect(target) as wh, pytest.raises(PartialLoad) as refused:
+        load_files(wh, [str(folder)], progress=False)
+    assert [f for f, _ in refused.value.refused] == [str(folder / "b.parquet")]
+    assert "b.parquet" in str(refused.value) and "\n" not in str(refused.value)
+    assert sorted(r.rows for r in refused.value.results) == [5, 7]
+    assert _raw_count(target) == 12  # the good files, nothing of the bad one
+
+
+def test_a_cycle_processes_the_good_files_and_records_the_refused_one(duckdb_target, tmp_path):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    _frame(5, node="N1").to_parquet(folder / "a.parquet", index=False)
+    (folder / "b.csv").write_text("timestamp,node_id,flow_rate\nnot-a-time,N9,1\n")
+    result = run_cycle(duckdb_target, source=str(folder), publish_to_redis=False)
+    assert result.status == "completed"
+    load = result.summary["steps"]["load"]
+    assert load["rows_loaded"] == 5
+    assert [r["file"] for r in load["refused_files"]] == [str(folder / "b.csv")]
+    assert "row 1, column timestamp" in load["refused_files"][0]["reason"]
+    with connect(duckdb_target) as wh:
+        nodes = wh.query("select distinct node_id from water_infrastructure.computed_metrics")
+    assert [n[0] for n in nodes] == ["N1"]
+    env = {**os.environ, "WATER_DUCKDB_PATH": str(duckdb_target.duckdb_path)}
+    cli = _water("load", str(folder), env=env)
+    assert cli.returncode == 1 and "b.csv" in cli.stderr and "1 of 2 file(s) refused" in cli.stderr
+    cli = _water("cycle", "--source", str(folder), "--no-publish", env=env)
+    assert cli.returncode == 1 and "1 source file(s) refused, the rest processed" in cli.stderr
 
 
 def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path):

@@ -59,6 +59,16 @@ class LoadError(ValueError):
     """A file that cannot be loaded; the message is one line naming file, row/column and why."""
 
 
+class PartialLoad(LoadError):
+    """Some files loaded (each whole, in its own transaction), others were refused."""
+
+    def __init__(self, results: list[LoadResult], refused: list[tuple[str, str]], total: int):
+        self.results = results
+        self.refused = refused  # (file, one-line reason)
+        reasons = "; ".join(reason for _, reason in refused)
+        super().__init__(f"{len(refused)} of {total} file(s) refused, the others loaded: {reasons}")
+
+
 @dataclass(frozen=True)
 class LoadResult:
     source_uri: str
@@ -130,16 +140,25 @@ def load_files(
     progress: bool = True,
     source: str = "file",
 ) -> list[LoadResult]:
-    """Load every file; one failing file raises LoadError after the earlier ones committed."""
+    """Load every file, each whole or not at all. A refused file does not stop the others: after
+    the last one, PartialLoad names every refused file (and carries what did load)."""
     ensure_raw_tables(wh)
-    results = []
+    results: list[LoadResult] = []
+    refused: list[tuple[str, str]] = []
     files = expand_sources(patterns)
     for path in files:
-        if progress:
-            with show.step(f"load {path}"):
+        try:
+            if progress:
+                with show.step(f"load {path}"):
+                    results.append(load_file(wh, path, dates, progress=progress, source=source))
+            else:
                 results.append(load_file(wh, path, dates, progress=progress, source=source))
-        else:
-            results.append(load_file(wh, path, dates, progress=progress, source=source))
+        except LoadError as exc:
+            if len(files) == 1:
+                raise
+            refused.append((str(path), str(exc)))
+    if refused:
+        raise PartialLoad(results, refused, len(files))
     return results
 
 
