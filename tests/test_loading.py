@@ -191,6 +191,29 @@ def test_a_cycle_processes_the_good_files_and_records_the_refused_one(duckdb_tar
     assert cli.returncode == 1 and "1 source file(s) refused, the rest processed" in cli.stderr
 
 
+def test_infinite_timestamps_are_quarantined_and_cycles_go_on(target, tmp_path):
+    """Found by the fault campaign: an `infinity` timestamp loaded, then failed the raw gate of
+    every later cycle; the watermark never advanced."""
+    csv = tmp_path / "inf.csv"
+    csv.write_text(
+        "timestamp,node_id,flow_rate\n"
+        "infinity,N1,1.0\n"
+        "-infinity,N1,1.0\n"
+        + "".join(f"2024-05-01T01:{i:02d}:00Z,N2,1.0\n" for i in range(40))
+    )
+    with connect(target) as wh:
+        load_files(wh, [str(csv)], progress=False)
+    result = run_cycle(target, publish_to_redis=False)
+    assert result.status == "completed" and result.watermark is not None
+    with connect(target) as wh:
+        rejected = dict(
+            wh.query(
+                "select batch_row, rejection_reasons from water_infrastructure.rejected_readings"
+            )
+        )
+    assert rejected == {1: "timestamp_missing", 2: "timestamp_missing"}
+
+
 def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path):
     csv = tmp_path / "dirty.csv"
     csv.write_text(

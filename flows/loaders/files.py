@@ -351,6 +351,12 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
+def _finite(ts: str) -> str:
+    """±infinity is no reading time: it loads as a missing timestamp, so staging quarantines the
+    row (timestamp_missing) instead of every later gate and window failing on it."""
+    return f"case when isinf({ts}) then null else {ts} end"
+
+
 def _typed(column: str, src: str, col_type: str, path: Path) -> tuple[str, str | None]:
     """(typed expression, failure predicate or None) for one source column."""
     text = f"nullif(trim(cast({src} as varchar)), '')"
@@ -369,10 +375,10 @@ def _typed(column: str, src: str, col_type: str, path: Path) -> tuple[str, str |
                 " (expected a timestamp or ISO-8601 text)"
             )
         if col_type.startswith("TIMESTAMP"):
-            return f"cast({src} as timestamptz)", None
+            return _finite(f"cast({src} as timestamptz)"), None
         if col_type == "VARCHAR":
             return (
-                f"try_cast({text} as timestamptz)",
+                _finite(f"try_cast({text} as timestamptz)"),
                 f"{text} is not null and try_cast({text} as timestamptz) is null",
             )
         raise LoadError(
