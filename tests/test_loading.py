@@ -198,8 +198,7 @@ def test_infinite_timestamps_are_quarantined_and_cycles_go_on(target, tmp_path):
     csv.write_text(
         "timestamp,node_id,flow_rate\n"
         "infinity,N1,1.0\n"
-        "-infinity,N1,1.0\n"
-        + "".join(f"2024-05-01T01:{i:02d}:00Z,N2,1.0\n" for i in range(40))
+        "-infinity,N1,1.0\n" + "".join(f"2024-05-01T01:{i:02d}:00Z,N2,1.0\n" for i in range(40))
     )
     with connect(target) as wh:
         load_files(wh, [str(csv)], progress=False)
