@@ -213,6 +213,28 @@ def test_infinite_timestamps_are_quarantined_and_cycles_go_on(target, tmp_path):
     assert rejected == {1: "timestamp_missing", 2: "timestamp_missing"}
 
 
+def test_an_implausible_totaliser_is_quarantined_not_published(target, tmp_path):
+    """Found by the fault campaign: a totaliser of 1e300 was valid and published as m³ delivered."""
+    csv = tmp_path / "totaliser.csv"
+    rows = [f"2024-05-01T01:{i:02d}:00Z,N1,1.0,{100 + i}\n" for i in range(40)]
+    rows[20] = "2024-05-01T01:20:00Z,N1,1.0,1e300\n"
+    csv.write_text("timestamp,node_id,flow_rate,volume\n" + "".join(rows))
+    with connect(target) as wh:
+        load_files(wh, [str(csv)], progress=False)
+    run_cycle(target, publish_to_redis=False)
+    with connect(target) as wh:
+        rejected = wh.query(
+            "select batch_row, rejection_reasons from water_infrastructure.rejected_readings"
+        )
+        delivered = wh.scalar(
+            "select sum(total_volume) from water_infrastructure.computed_metrics"
+            " where node_id = 'N1' and time_window = '5min'"
+        )
+    assert rejected == [(21, "volume_out_of_range")]
+    # The other 39 readings climb 1 m³ a minute from 100 to 139: 39 m³ delivered.
+    assert delivered == pytest.approx(39.0)
+
+
 def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path):
     csv = tmp_path / "dirty.csv"
     csv.write_text(
