@@ -235,6 +235,38 @@ def test_an_implausible_totaliser_is_quarantined_not_published(target, tmp_path)
     assert delivered == pytest.approx(39.0)
 
 
+@pytest.mark.parametrize(
+    "node_id",
+    ["a/b", "N 1", "N\t1", "x" * 129, "N\x001", "N\x1b[31m1", "N\u00a01"],
+)
+def test_node_ids_the_api_cannot_address_are_refused_at_load(duckdb_target, tmp_path, node_id):
+    """Found by the fault campaign: ids with '/', whitespace, > 128 characters or control
+    characters loaded, yet the API cannot address them and they reached `water status`."""
+    frame = _frame(3, node="N1")
+    frame.loc[1, "node_id"] = node_id
+    frame.to_parquet(tmp_path / "ids.parquet", index=False)
+    with connect(duckdb_target) as wh, pytest.raises(LoadError, match="row 2, column node_id"):
+        load_files(wh, [str(tmp_path / "ids.parquet")], progress=False)
+    assert _raw_count(duckdb_target) == 0
+
+
+def test_blank_ids_are_missing_and_nfd_ids_are_one_node(duckdb_target, tmp_path):
+    frame = _frame(4, node="Caf\u00e9")  # NFC
+    frame.loc[1, "node_id"] = "Cafe\u0301"  # the same id in NFD
+    frame.loc[2, "node_id"] = "\t"  # tab only: no id
+    frame.to_parquet(tmp_path / "ids.parquet", index=False)
+    with connect(duckdb_target) as wh:
+        load_files(wh, [str(tmp_path / "ids.parquet")], progress=False)
+        ids = wh.query("select node_id, count(*) from raw.sensor_readings group by 1 order by 1")
+    assert ids == [("Caf\u00e9", 3), (None, 1)]
+
+
+def test_water_status_prints_no_control_characters():
+    from flows.status import printable
+
+    assert printable("N\x1b[31m1\x00\nnext") == "N\\x1b[31m1\\x00\nnext"
+
+
 def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path):
     csv = tmp_path / "dirty.csv"
     csv.write_text(

@@ -112,6 +112,8 @@ def expand_sources(patterns: Iterable[str]) -> list[Path]:
 
 
 FILE_SUFFIXES = (".parquet", ".pq", ".csv")
+# The one rule for node ids (the API addresses a node as /nodes/{node_id}).
+NODE_ID_RULE = "1-128 characters, no whitespace, '/' or control characters"
 
 
 def file_format(path: Path) -> str:
@@ -323,7 +325,9 @@ def _prepare(
             value = con.execute(
                 f"select {_q(name)} from _water_load_src where _water_row = $r", {"r": bad_row}
             ).fetchall()[0][0]
-            expected = "a timestamp" if column == "timestamp" else "a number"
+            expected = {"timestamp": "a timestamp", "node_id": f"a node id ({NODE_ID_RULE})"}.get(
+                column, "a number"
+            )
             raise LoadError(
                 f"{path}: row {bad_row}, column {column}: cannot read {str(value)[:60]!r} as {expected}"
             )
@@ -364,9 +368,20 @@ def _typed(column: str, src: str, col_type: str, path: Path) -> tuple[str, str |
         # Lists and structs start like their element type (DOUBLE[]): refuse them by name.
         raise LoadError(f"{path}: column {column} has type {col_type}; expected a single value")
     if column in ("node_id", "node_name"):
-        if col_type == "VARCHAR" or col_type.startswith(_NUMERIC_TYPES):
-            return f"cast({src} as varchar)", None
-        raise LoadError(f"{path}: column {column} has type {col_type}; expected text")
+        if not (col_type == "VARCHAR" or col_type.startswith(_NUMERIC_TYPES)):
+            raise LoadError(f"{path}: column {column} has type {col_type}; expected text")
+        if column == "node_id":
+            # NODE_ID_RULE. NFC, so look-alike spellings are one node; an all-blank id is
+            # missing (staging quarantines it as node_id_missing).
+            ident = f"nfc_normalize(cast({src} as varchar))"
+            ident = (
+                f"case when regexp_full_match({ident}, '[\\s\\p{{Z}}]*') then null else {ident} end"
+            )
+            return ident, (
+                f"{ident} is not null and (length({ident}) > 128"
+                f" or regexp_matches({ident}, '[\\s\\p{{Z}}\\p{{Cc}}/]'))"
+            )
+        return f"cast({src} as varchar)", None
     if column == "timestamp":
         if col_type == "DATE":
             # A date is not a reading time: loading it as midnight would invent a time of day.
