@@ -6,12 +6,14 @@ import base64
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
+from api.jsonable import parse_iso
 from api.schemas import ProblemResponse
 from api.store import open_readonly
 from flows.warehouse import WarehouseError
@@ -78,7 +80,41 @@ def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, UnicodeError):
-        raise invalid("query", "cursor", "cursor is not one this API issued", cursor) from None
+        _bad_cursor(cursor)
     if not isinstance(payload, dict) or set(payload) != set(keys):
-        raise invalid("query", "cursor", "cursor is not one this API issued", cursor)
+        _bad_cursor(cursor)
     return payload
+
+
+# Times the API accepts. Readings before 2000 are rejected by the pipeline anyway; the bounds keep
+# every date computation (defaults of 24 h back, UTC conversion) inside datetime's range.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def utc_param(value: datetime | None, name: str) -> datetime | None:
+    """A query time in UTC (naive means UTC), or a 422 when outside [EARLIEST, LATEST)."""
+    if value is None:
+        return None
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:30+01:00 is before year 1 in UTC
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise invalid(
+            "query", name, "time must be from 1900-01-01 to before 2200-01-01 UTC", str(value)
+        )
+    return utc
+
+
+def cursor_time(value: Any, cursor: str) -> datetime:
+    """The time inside a cursor; a 422 when it is not a time this API could have issued."""
+    try:
+        parsed = parse_iso(value) if isinstance(value, str) else None
+        return utc_param(parsed, "cursor") if parsed else _bad_cursor(cursor)
+    except (ValueError, RequestValidationError):
+        return _bad_cursor(cursor)
+
+
+def _bad_cursor(cursor: str):
+    raise invalid("query", "cursor", "cursor is not one this API issued", cursor)

@@ -308,6 +308,10 @@ def cycle(sources, no_publish, target_name):
         target, source=list(sources), synthetic_config=synthetic, publish_to_redis=not no_publish
     )
     click.echo(describe_result(result, target))
+    refused = (result.summary.get("steps", {}).get("load") or {}).get("refused_files")
+    if refused:  # the cycle processed the rest; the exit code still tells the operator
+        reasons = "; ".join(r["reason"] for r in refused)
+        _fail(f"{len(refused)} source file(s) refused, the rest processed: {reasons}")
 
 
 @main.command()

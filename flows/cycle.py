@@ -93,6 +93,9 @@ class GateFailed(RuntimeError):
     """A quality gate found critical failures: nothing of this run is published."""
 
 
+# One quick retry of the publish step: a Redis outage must not hold the cycle.
+PUBLISH_RETRIES = 1
+
 # --------------------------------------------------------------------------- transient errors
 
 
@@ -393,21 +396,30 @@ class _Run:
     def load(
         self, sources: Sequence[str], start: date | None, end: date | None, synthetic_config
     ) -> StepRecord:
+        from flows.loaders.files import PartialLoad
         from flows.loading import load_source
 
+        refused: list[dict[str, str]] = []
         with open_warehouse(self.target) as wh:
-            results = load_source(
-                wh, list(sources), start, end, progress=False, synthetic_config=synthetic_config
-            )
-        return StepRecord(
-            "ok",
-            detail={
-                "source": list(sources),
-                "files_loaded": sum(1 for r in results if not r.skipped),
-                "files_already_loaded": sum(1 for r in results if r.skipped),
-                "rows_loaded": sum(r.rows for r in results),
-            },
-        )
+            try:
+                results = load_source(
+                    wh, list(sources), start, end, progress=False, synthetic_config=synthetic_config
+                )
+            except PartialLoad as exc:
+                # The good files are committed and processed; the refused ones are recorded in
+                # the job (and left where they are: the next cycle reports them again).
+                results = exc.results
+                refused = [{"file": f, "reason": reason} for f, reason in exc.refused]
+                log.warning("load: %s", _one_line(exc))
+        detail = {
+            "source": list(sources),
+            "files_loaded": sum(1 for r in results if not r.skipped),
+            "files_already_loaded": sum(1 for r in results if r.skipped),
+            "rows_loaded": sum(r.rows for r in results),
+        }
+        if refused:
+            detail["refused_files"] = refused
+        return StepRecord("ok", detail=detail)
 
     def scope(self) -> Scope:
         with open_warehouse(self.target) as wh:
@@ -545,7 +557,12 @@ class _Run:
         try:
             # One quick retry: a Redis outage must not hold the cycle; the next one republishes.
             published = self.step(
-                "publish", publish, self.target, self.result.cycle_id, redis_client, retries=1
+                "publish",
+                publish,
+                self.target,
+                self.result.cycle_id,
+                redis_client,
+                retries=PUBLISH_RETRIES,
             )
             self.result.publish = published.summary()
         except Exception as exc:

@@ -29,8 +29,10 @@ DEFAULT_TTL_S = 6 * 3600
 DEFAULT_EMBEDDED_PATH = PROJECT_ROOT / "data" / "redis" / "water.rdb"
 
 # Connection errors surface fast: the cycle's own retry (with backoff) decides what to do.
-_SOCKET_CONNECT_TIMEOUT_S = 2.0
-_SOCKET_TIMEOUT_S = 15.0
+# A hung server (accepts, never answers) costs one read timeout per attempt: the client retries
+# only refused/dropped connections, never a timed-out read.
+REDIS_CONNECT_TIMEOUT_S = 2.0
+REDIS_SOCKET_TIMEOUT_S = 5.0
 
 # Embedded servers started by this process, kept alive until it exits (one per dump file).
 _embedded: dict[Path, redis.Redis] = {}
@@ -90,9 +92,11 @@ def connect_redis(endpoint: RedisEndpoint | None = None) -> redis.Redis:
     if endpoint.url is not None:
         return redis.Redis.from_url(
             endpoint.url,
-            socket_connect_timeout=_SOCKET_CONNECT_TIMEOUT_S,
-            socket_timeout=_SOCKET_TIMEOUT_S,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            retry=Retry(
+                ExponentialBackoff(cap=0.5, base=0.05), 1, supported_errors=(redis.ConnectionError,)
+            ),
             health_check_interval=30,
         )
     return _embedded_client(endpoint.embedded_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,13 @@ def _collect(wh: Warehouse, target: Target) -> Status:
     return status
 
 
+def printable(text: str) -> str:
+    """Control characters (NUL, terminal escapes) shown escaped, never sent to the terminal."""
+    return "".join(
+        c if c == "\n" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text
+    )
+
+
 def format_status(status: Status) -> str:
     lines = [f"target            {status.target}"]
     lines.append(
@@ -79,7 +87,7 @@ def format_status(status: Status) -> str:
     lines.extend(format_jobs(status.jobs))
     if not status.built:
         lines.append("published tables  not built yet: run `water cycle`")
-        return "\n".join(lines)
+        return printable("\n".join(lines))
     lines.append(
         f"rejected          {status.rejected_rows:,} reading(s) in water_infrastructure.rejected_readings"
     )
@@ -97,4 +105,4 @@ def format_status(status: Status) -> str:
     from ml.status import format_ml_status
 
     lines.extend(format_ml_status(status.ml))
-    return "\n".join(lines)
+    return printable("\n".join(lines))

@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from api.app import create_app
+from api.common import encode_cursor
 from api.settings import load_api_settings
 from flows.config import PROJECT_ROOT, Target
 from flows.cycle import run_cycle
@@ -285,6 +286,37 @@ def test_history_of_the_last_day_is_served_from_the_cache(client, fallback_clien
 def test_history_rejects_bad_parameters_with_422(client, params, name):
     body = get(client, "/api/v1/nodes/N0001/history", status=422, **params)
     assert [e["loc"] for e in body["detail"]] == [["query", name]]
+
+
+def _cursor(payload: dict) -> str:
+    return encode_cursor(payload)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "name"),
+    [
+        # Found by the fault campaign: each answered 500 before.
+        ("/api/v1/anomalies", {"cursor": _cursor({"ts": "not-a-date", "id": "a"})}, "cursor"),
+        (
+            "/api/v1/anomalies",
+            {"cursor": _cursor({"ts": "2026-01-01T00:00:00+99:00", "id": "a"})},
+            "cursor",
+        ),
+        (
+            "/api/v1/anomalies",
+            {"cursor": _cursor({"ts": "0001-01-01T00:00:00+01:00", "id": "a"})},
+            "cursor",
+        ),
+        ("/api/v1/nodes/N0001/history", {"end": "0001-01-01T00:00:00Z"}, "end"),
+        ("/api/v1/nodes/N0001/history", {"end": "0001-01-01T00:30:00+01:00"}, "end"),
+        ("/api/v1/nodes/N0001/history", {"start": "9999-12-31T23:00:00-05:00"}, "start"),
+        ("/api/v1/nodes/N0001/history", {"cursor": _cursor({"after": "nope"})}, "cursor"),
+    ],
+)
+def test_out_of_range_times_and_cursors_are_422_not_500(client, path, params, name):
+    body = get(client, path, status=422, **params)
+    assert [e["loc"] for e in body["detail"]] == [["query", name]]
+    assert all("\n" not in e["msg"] for e in body["detail"])
 
 
 def test_predictions_follow_the_forecast_table(client, platform):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from flows.cycle import run_cycle
-from flows.loaders.files import DateRange, LoadError, load_files
+from flows.loaders.files import DateRange, LoadError, PartialLoad, load_files
 from flows.nodes import NodeFileError, register_node_file
 from flows.raw_store import ensure_raw_tables
 from flows.warehouse import connect
@@ -123,6 +123,146 @@ def test_truncated_and_mistyped_parquet_are_refused(target, tmp_path):
             with pytest.raises(LoadError, match=message):
                 load_files(wh, [str(tmp_path / name)], progress=False)
     assert _raw_count(target) == 0
+
+
+def test_loader_edges_found_by_the_fault_campaign(target, tmp_path):
+    """List-typed columns name file and column; DATE timestamps are refused; an empty folder is
+    an error; .pq files in folders load."""
+    listed = _frame(3).assign(node_id=[["a"], ["b"], ["c"]])
+    listed.to_parquet(tmp_path / "listed.parquet", index=False)
+    _frame(3).assign(flow_rate=[[1.0], [2.0], [3.0]]).to_parquet(
+        tmp_path / "listflow.parquet", index=False
+    )
+    _frame(3).assign(timestamp=[T0.date()] * 3).to_parquet(tmp_path / "dates.parquet", index=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "pq").mkdir()
+    _frame(4).to_parquet(tmp_path / "pq" / "part.pq", index=False)
+    with connect(target) as wh:
+        for name, message in [
+            ("listed.parquet", r"listed\.parquet: column node_id has type VARCHAR\[\]"),
+            ("listflow.parquet", r"listflow\.parquet: column flow_rate has type DOUBLE\[\]"),
+            ("dates.parquet", r"dates\.parquet: column timestamp has type DATE; .*time of day"),
+            ("empty", r"empty: no \.parquet, \.pq or \.csv file in this folder"),
+        ]:
+            with pytest.raises(LoadError, match=message):
+                load_files(wh, [str(tmp_path / name)], progress=False)
+        assert _raw_count(target) == 0
+        loaded = load_files(wh, [str(tmp_path / "pq")], progress=False)
+    assert [r.rows for r in loaded] == [4]
+    assert _raw_count(target) == 4
+
+
+def test_one_unreadable_file_in_a_folder_does_not_stop_the_others(target, tmp_path):
+    """Found by the fault campaign: one bad file halted every node's processing."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    _frame(5, node="N1").to_parquet(folder / "a.parquet", index=False)
+    data = (folder / "a.parquet").read_bytes()
+    (folder / "b.parquet").write_bytes(data[: len(data) // 2])  # truncated: unreadable
+    _frame(7, node="N2").to_parquet(folder / "c.parquet", index=False)
+    with connect(target) as wh, pytest.raises(PartialLoad) as refused:
+        load_files(wh, [str(folder)], progress=False)
+    assert [f for f, _ in refused.value.refused] == [str(folder / "b.parquet")]
+    assert "b.parquet" in str(refused.value) and "\n" not in str(refused.value)
+    assert sorted(r.rows for r in refused.value.results) == [5, 7]
+    assert _raw_count(target) == 12  # the good files, nothing of the bad one
+
+
+def test_a_cycle_processes_the_good_files_and_records_the_refused_one(duckdb_target, tmp_path):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    _frame(5, node="N1").to_parquet(folder / "a.parquet", index=False)
+    (folder / "b.csv").write_text("timestamp,node_id,flow_rate\nnot-a-time,N9,1\n")
+    result = run_cycle(duckdb_target, source=str(folder), publish_to_redis=False)
+    assert result.status == "completed"
+    load = result.summary["steps"]["load"]
+    assert load["rows_loaded"] == 5
+    assert [r["file"] for r in load["refused_files"]] == [str(folder / "b.csv")]
+    assert "row 1, column timestamp" in load["refused_files"][0]["reason"]
+    with connect(duckdb_target) as wh:
+        nodes = wh.query("select distinct node_id from water_infrastructure.computed_metrics")
+    assert [n[0] for n in nodes] == ["N1"]
+    env = {**os.environ, "WATER_DUCKDB_PATH": str(duckdb_target.duckdb_path)}
+    cli = _water("load", str(folder), env=env)
+    assert cli.returncode == 1 and "b.csv" in cli.stderr and "1 of 2 file(s) refused" in cli.stderr
+    cli = _water("cycle", "--source", str(folder), "--no-publish", env=env)
+    assert cli.returncode == 1 and "1 source file(s) refused, the rest processed" in cli.stderr
+
+
+def test_infinite_timestamps_are_quarantined_and_cycles_go_on(target, tmp_path):
+    """Found by the fault campaign: an `infinity` timestamp loaded, then failed the raw gate of
+    every later cycle; the watermark never advanced."""
+    csv = tmp_path / "inf.csv"
+    csv.write_text(
+        "timestamp,node_id,flow_rate\n"
+        "infinity,N1,1.0\n"
+        "-infinity,N1,1.0\n" + "".join(f"2024-05-01T01:{i:02d}:00Z,N2,1.0\n" for i in range(40))
+    )
+    with connect(target) as wh:
+        load_files(wh, [str(csv)], progress=False)
+    result = run_cycle(target, publish_to_redis=False)
+    assert result.status == "completed" and result.watermark is not None
+    with connect(target) as wh:
+        rejected = dict(
+            wh.query(
+                "select batch_row, rejection_reasons from water_infrastructure.rejected_readings"
+            )
+        )
+    assert rejected == {1: "timestamp_missing", 2: "timestamp_missing"}
+
+
+def test_an_implausible_totaliser_is_quarantined_not_published(target, tmp_path):
+    """Found by the fault campaign: a totaliser of 1e300 was valid and published as m³ delivered."""
+    csv = tmp_path / "totaliser.csv"
+    rows = [f"2024-05-01T01:{i:02d}:00Z,N1,1.0,{100 + i}\n" for i in range(40)]
+    rows[20] = "2024-05-01T01:20:00Z,N1,1.0,1e300\n"
+    csv.write_text("timestamp,node_id,flow_rate,volume\n" + "".join(rows))
+    with connect(target) as wh:
+        load_files(wh, [str(csv)], progress=False)
+    run_cycle(target, publish_to_redis=False)
+    with connect(target) as wh:
+        rejected = wh.query(
+            "select batch_row, rejection_reasons from water_infrastructure.rejected_readings"
+        )
+        delivered = wh.scalar(
+            "select sum(total_volume) from water_infrastructure.computed_metrics"
+            " where node_id = 'N1' and time_window = '5min'"
+        )
+    assert rejected == [(21, "volume_out_of_range")]
+    # The other 39 readings climb 1 m³ a minute from 100 to 139: 39 m³ delivered.
+    assert delivered == pytest.approx(39.0)
+
+
+@pytest.mark.parametrize(
+    "node_id",
+    ["a/b", "N 1", "N\t1", "x" * 129, "N\x001", "N\x1b[31m1", "N\u00a01"],
+)
+def test_node_ids_the_api_cannot_address_are_refused_at_load(duckdb_target, tmp_path, node_id):
+    """Found by the fault campaign: ids with '/', whitespace, > 128 characters or control
+    characters loaded, yet the API cannot address them and they reached `water status`."""
+    frame = _frame(3, node="N1")
+    frame.loc[1, "node_id"] = node_id
+    frame.to_parquet(tmp_path / "ids.parquet", index=False)
+    with connect(duckdb_target) as wh, pytest.raises(LoadError, match="row 2, column node_id"):
+        load_files(wh, [str(tmp_path / "ids.parquet")], progress=False)
+    assert _raw_count(duckdb_target) == 0
+
+
+def test_blank_ids_are_missing_and_nfd_ids_are_one_node(duckdb_target, tmp_path):
+    frame = _frame(4, node="Caf\u00e9")  # NFC
+    frame.loc[1, "node_id"] = "Cafe\u0301"  # the same id in NFD
+    frame.loc[2, "node_id"] = "\t"  # tab only: no id
+    frame.to_parquet(tmp_path / "ids.parquet", index=False)
+    with connect(duckdb_target) as wh:
+        load_files(wh, [str(tmp_path / "ids.parquet")], progress=False)
+        ids = wh.query("select node_id, count(*) from raw.sensor_readings group by 1 order by 1")
+    assert ids == [("Caf\u00e9", 3), (None, 1)]
+
+
+def test_water_status_prints_no_control_characters():
+    from flows.status import printable
+
+    assert printable("N\x1b[31m1\x00\nnext") == "N\\x1b[31m1\\x00\nnext"
 
 
 def test_dirty_values_are_loaded_then_quarantined_with_reasons(target, tmp_path):

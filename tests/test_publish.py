@@ -5,7 +5,9 @@ Real Redis (a private redis-server per test, see orch_support), real warehouses,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +17,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from flows.cycle import CycleFailed, run_cycle
+from flows.cycle import PUBLISH_RETRIES, CycleFailed, run_cycle
 from flows.jobs import open_warehouse, read_watermark
 from flows.loaders.files import load_files
 from flows.loaders.synthetic import Fault
@@ -28,7 +30,13 @@ from flows.publish import (
     Snapshot,
     write_snapshot,
 )
-from flows.redis_conn import connect_redis, embedded_url, redis_endpoint
+from flows.redis_conn import (
+    REDIS_CONNECT_TIMEOUT_S,
+    REDIS_SOCKET_TIMEOUT_S,
+    connect_redis,
+    embedded_url,
+    redis_endpoint,
+)
 from flows.warehouse import connect
 from tests.orch_support import RedisServer, register_nodes, synthetic_frame, write_parquet
 
@@ -292,3 +300,66 @@ def test_redis_url_is_checked_and_passwords_are_masked():
         redis_endpoint({"REDIS_URL": "127.0.0.1:6379"})
     described = redis_endpoint({"REDIS_URL": "redis://user:s3cret@cache:6379/0"}).describe()
     assert "s3cret" not in described and "***" in described
+
+
+class HungRedis:
+    """A TCP listener that accepts connections and never answers: a hung Redis server."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+                self.accepted.append(conn)
+            except TimeoutError:
+                pass
+            for conn in self.accepted:  # read what clients send, answer nothing
+                conn.setblocking(False)
+                with contextlib.suppress(BlockingIOError, OSError):
+                    self.received += len(conn.recv(65536))
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_hung_redis_fails_the_publish_step_within_its_timeouts(
+    duckdb_target, tmp_path, monkeypatch
+):
+    """Found by the fault campaign: a server that accepts and never answers held a cycle ~2 min."""
+    hung = HungRedis()
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{hung.port}/0")
+    try:
+        _load_fresh_batch(duckdb_target, tmp_path)
+        result = run_cycle(duckdb_target)  # the platform's own client (connect_redis)
+    finally:
+        hung.close()
+    assert hung.accepted and hung.received > 0, "the cycle never reached the hung server"
+    assert result.status == "completed"
+    assert result.publish["status"] == "failed"
+    assert "timeout" in result.publish["error"].lower()
+    # Bound: (retries + 1) attempts of one read timeout each, plus the step's backoff; the
+    # publish write is one MULTI/EXEC, so a failed attempt leaves nothing half-written.
+    bound = (PUBLISH_RETRIES + 1) * (REDIS_SOCKET_TIMEOUT_S + REDIS_CONNECT_TIMEOUT_S) + 10
+    assert result.publish["seconds"] < bound
+    with open_warehouse(duckdb_target) as wh:
+        (summary,) = wh.query(
+            "select result_summary from water_infrastructure.processing_jobs"
+            " where cast(job_id as varchar) = %(j)s",
+            {"j": result.cycle_id},
+        )[0]
+    assert json.loads(summary)["publish"]["status"] == "failed"

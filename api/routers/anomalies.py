@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 
 from api import queries
 from api.cache import CacheUnavailable
-from api.common import PROBLEMS, decode_cursor, encode_cursor, in_database, invalid
+from api.common import PROBLEMS, cursor_time, decode_cursor, encode_cursor, in_database, invalid
 from api.jsonable import json_column, now_utc, parse_iso
 from api.schemas import AnomaliesResponse
 
@@ -54,8 +54,8 @@ async def list_anomalies(
     before = None
     if cursor is not None:
         c = decode_cursor(cursor, ("ts", "id"))
-        ts = parse_iso(str(c["ts"])) if isinstance(c["ts"], str) else None
-        if ts is None or not isinstance(c["id"], str):
+        ts = cursor_time(c["ts"], cursor)
+        if not isinstance(c["id"], str):
             raise invalid("query", "cursor", "cursor is not one this API issued", cursor)
         before = (ts, c["id"])
     now = now_utc()

@@ -14,10 +14,12 @@ from api.common import (
     NOT_FOUND,
     PROBLEMS,
     NodeId,
+    cursor_time,
     decode_cursor,
     encode_cursor,
     in_database,
     invalid,
+    utc_param,
 )
 from api.jsonable import iso_utc, now_utc, parse_iso
 from api.schemas import (
@@ -174,9 +176,9 @@ async def node_history(
     7 days of 5min, 92 days of 1hour, 1830 days of 1day rows."""
     after = None
     if cursor is not None:
-        after = parse_iso(str(decode_cursor(cursor, ("after",))["after"]))
-    start = _utc(start)
-    end = _utc(end)
+        after = cursor_time(decode_cursor(cursor, ("after",))["after"], cursor)
+    start = utc_param(start, "start")
+    end = utc_param(end, "end")
     cache = _cache(request)
 
     series: list[dict[str, Any]] | None = None

@@ -59,6 +59,16 @@ class LoadError(ValueError):
     """A file that cannot be loaded; the message is one line naming file, row/column and why."""
 
 
+class PartialLoad(LoadError):
+    """Some files loaded (each whole, in its own transaction), others were refused."""
+
+    def __init__(self, results: list[LoadResult], refused: list[tuple[str, str]], total: int):
+        self.results = results
+        self.refused = refused  # (file, one-line reason)
+        reasons = "; ".join(reason for _, reason in refused)
+        super().__init__(f"{len(refused)} of {total} file(s) refused, the others loaded: {reasons}")
+
+
 @dataclass(frozen=True)
 class LoadResult:
     source_uri: str
@@ -78,7 +88,7 @@ class DateRange:
 
 
 def expand_sources(patterns: Iterable[str]) -> list[Path]:
-    """Expand globs and directories into a sorted list of .parquet/.csv files."""
+    """Expand globs and directories into a sorted list of .parquet/.pq/.csv files."""
     files: list[Path] = []
     for pattern in patterns:
         matches = (
@@ -89,14 +99,21 @@ def expand_sources(patterns: Iterable[str]) -> list[Path]:
         for match in matches:
             path = Path(match)
             if path.is_dir():
-                files.extend(
-                    sorted(p for p in path.rglob("*") if p.suffix.lower() in (".parquet", ".csv"))
-                )
+                found = sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_SUFFIXES)
+                if not found:
+                    # Loading nothing is never what was asked for: say so, exit non-zero.
+                    raise LoadError(f"{path}: no .parquet, .pq or .csv file in this folder")
+                files.extend(found)
             elif not path.exists():
                 raise LoadError(f"{path}: no such file")
             else:
                 files.append(path)
     return files
+
+
+FILE_SUFFIXES = (".parquet", ".pq", ".csv")
+# The one rule for node ids (the API addresses a node as /nodes/{node_id}).
+NODE_ID_RULE = "1-128 characters, no whitespace, '/' or control characters"
 
 
 def file_format(path: Path) -> str:
@@ -125,16 +142,25 @@ def load_files(
     progress: bool = True,
     source: str = "file",
 ) -> list[LoadResult]:
-    """Load every file; one failing file raises LoadError after the earlier ones committed."""
+    """Load every file, each whole or not at all. A refused file does not stop the others: after
+    the last one, PartialLoad names every refused file (and carries what did load)."""
     ensure_raw_tables(wh)
-    results = []
+    results: list[LoadResult] = []
+    refused: list[tuple[str, str]] = []
     files = expand_sources(patterns)
     for path in files:
-        if progress:
-            with show.step(f"load {path}"):
+        try:
+            if progress:
+                with show.step(f"load {path}"):
+                    results.append(load_file(wh, path, dates, progress=progress, source=source))
+            else:
                 results.append(load_file(wh, path, dates, progress=progress, source=source))
-        else:
-            results.append(load_file(wh, path, dates, progress=progress, source=source))
+        except LoadError as exc:
+            if len(files) == 1:
+                raise
+            refused.append((str(path), str(exc)))
+    if refused:
+        raise PartialLoad(results, refused, len(files))
     return results
 
 
@@ -299,7 +325,9 @@ def _prepare(
             value = con.execute(
                 f"select {_q(name)} from _water_load_src where _water_row = $r", {"r": bad_row}
             ).fetchall()[0][0]
-            expected = "a timestamp" if column == "timestamp" else "a number"
+            expected = {"timestamp": "a timestamp", "node_id": f"a node id ({NODE_ID_RULE})"}.get(
+                column, "a number"
+            )
             raise LoadError(
                 f"{path}: row {bad_row}, column {column}: cannot read {str(value)[:60]!r} as {expected}"
             )
@@ -327,17 +355,45 @@ def _csv_header(path: Path) -> list[str]:
     return header
 
 
+def _finite(ts: str) -> str:
+    """±infinity is no reading time: it loads as a missing timestamp, so staging quarantines the
+    row (timestamp_missing) instead of every later gate and window failing on it."""
+    return f"case when isinf({ts}) then null else {ts} end"
+
+
 def _typed(column: str, src: str, col_type: str, path: Path) -> tuple[str, str | None]:
     """(typed expression, failure predicate or None) for one source column."""
     text = f"nullif(trim(cast({src} as varchar)), '')"
+    if col_type.endswith("]") or col_type.startswith(("STRUCT", "MAP", "UNION")):
+        # Lists and structs start like their element type (DOUBLE[]): refuse them by name.
+        raise LoadError(f"{path}: column {column} has type {col_type}; expected a single value")
     if column in ("node_id", "node_name"):
+        if not (col_type == "VARCHAR" or col_type.startswith(_NUMERIC_TYPES)):
+            raise LoadError(f"{path}: column {column} has type {col_type}; expected text")
+        if column == "node_id":
+            # NODE_ID_RULE. NFC, so look-alike spellings are one node; an all-blank id is
+            # missing (staging quarantines it as node_id_missing).
+            ident = f"nfc_normalize(cast({src} as varchar))"
+            ident = (
+                f"case when regexp_full_match({ident}, '[\\s\\p{{Z}}]*') then null else {ident} end"
+            )
+            return ident, (
+                f"{ident} is not null and (length({ident}) > 128"
+                f" or regexp_matches({ident}, '[\\s\\p{{Z}}\\p{{Cc}}/]'))"
+            )
         return f"cast({src} as varchar)", None
     if column == "timestamp":
-        if col_type.startswith("TIMESTAMP") or col_type == "DATE":
-            return f"cast({src} as timestamptz)", None
+        if col_type == "DATE":
+            # A date is not a reading time: loading it as midnight would invent a time of day.
+            raise LoadError(
+                f"{path}: column timestamp has type DATE; a reading needs a time of day"
+                " (expected a timestamp or ISO-8601 text)"
+            )
+        if col_type.startswith("TIMESTAMP"):
+            return _finite(f"cast({src} as timestamptz)"), None
         if col_type == "VARCHAR":
             return (
-                f"try_cast({text} as timestamptz)",
+                _finite(f"try_cast({text} as timestamptz)"),
                 f"{text} is not null and try_cast({text} as timestamptz) is null",
             )
         raise LoadError(

@@ -43,7 +43,7 @@ checked as (
             "case when " ~ is_infinite('flow_rate') ~ " or abs(flow_rate) > " ~ var('flow_rate_abs_max') ~ " then 'flow_rate_out_of_range' end",
             "case when " ~ is_infinite('pressure') ~ " or pressure < " ~ var('pressure_min_bar') ~ " or pressure > " ~ var('pressure_max_bar') ~ " then 'pressure_out_of_range' end",
             "case when " ~ is_infinite('temperature') ~ " or temperature < " ~ var('temperature_min_c') ~ " or temperature > " ~ var('temperature_max_c') ~ " then 'temperature_out_of_range' end",
-            "case when " ~ is_infinite('volume') ~ " or volume < 0 then 'volume_out_of_range' end",
+            "case when " ~ is_infinite('volume') ~ " or volume < 0 or volume > " ~ var('volume_max_m3') ~ " then 'volume_out_of_range' end",
             "case when " ~ is_infinite('quality_score') ~ " or quality_score < 0 or quality_score > 1 then 'quality_score_out_of_range' end",
         ]) }} as rejection_reasons
 
