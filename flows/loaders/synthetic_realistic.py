@@ -78,27 +78,12 @@ GLITCH_COLUMNS = ("node_id", "kind", "start", "end", "value")
 
 
 @dataclass
-class _RNode:
-    idx: int
-    node_id: str
-    name: str
-    node_type: str
-    district: int
-    role: str
-    lat: float
-    lon: float
-    has: frozenset[str]
-    cadence_s: int
-    demand_class: str = ""
-    scale: float = 0.0  # consumption: mean L/s
+class _RNode(base._Node):
+    """A default-profile node plus what a real meter adds: its own cadence, a deadband and a register."""
+
+    cadence_s: int = 0
     deadband: float = 0.0  # on the node's main measurement; 0 = none
-    head: float = 0.0
-    loss_frac: float = 0.0
-    temp_offset: float = 0.0
-    v0: float = 0.0
     register: float = 1e8  # totaliser wraps to 0 here
-    pmin: float = float("nan")
-    pmax: float = float("nan")
 
 
 @dataclass
