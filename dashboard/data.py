@@ -115,6 +115,39 @@ def nodes(wh: ReadOnlyWarehouse, now: datetime) -> pd.DataFrame:
     return meta.merge(status[["node_id", "status"]], on="node_id", how="left")
 
 
+EVENT_COLUMNS = (
+    "event_id",
+    "status",
+    "severity",
+    "anomaly_type",
+    "measurement_type",
+    "subject",
+    "district",
+    "started_at",
+    "last_seen_at",
+    "ended_at",
+    "window_count",
+    "peak_actual_value",
+    "peak_expected_value",
+)
+
+
+def events(wh: ReadOnlyWarehouse, since: datetime) -> pd.DataFrame:
+    """Incidents from the `anomaly_events` mart that are still open or were seen since
+    `since`, warnings and criticals only (shorter conditions stay `info` there), newest first."""
+    frame = _select(
+        wh,
+        "anomaly_events",
+        EVENT_COLUMNS,
+        "where severity in ('critical', 'warning') and (status = 'open' or last_seen_at >= %(since)s)"
+        " order by last_seen_at desc",
+        {"since": since},
+    )
+    for column in ("started_at", "last_seen_at", "ended_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
+
+
 def anomalies(
     wh: ReadOnlyWarehouse,
     since: datetime,

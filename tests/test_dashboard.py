@@ -112,6 +112,12 @@ def test_overview_counts_nodes_by_status_and_open_anomalies(on_target):
         [end - timedelta(hours=24)],
     )[0]
     assert any(f"last 24 h ({open_24h})" in h.value for h in app.subheader)
+    (open_events,) = _sql(
+        on_target,
+        f"select count(*) from {S}.anomaly_events where status = 'open'"
+        " and severity in ('critical', 'warning')",
+    )[0]
+    assert any(h.value == f"Open events ({open_events})" for h in app.subheader)
 
 
 def test_node_page_plots_the_chosen_nodes_windows_and_forecast(on_target):
@@ -166,6 +172,16 @@ def test_anomalies_page_filters_and_shows_evidence(on_target):
     )[0]
     assert count > 0
     assert any(f" of {min(count, 500)} anomalies" in c.value for c in app.caption)
+    opened, seen = _sql(
+        on_target,
+        f"select count(*) filter (where status = 'open'), count(*) from {S}.anomaly_events"
+        " where severity in ('critical', 'warning') and (status = 'open' or last_seen_at >= ?)",
+        [end - timedelta(hours=720)],
+    )[0]
+    assert seen > 0, "the demo's injected incidents are events"
+    assert any(
+        h.value == f"Events ({opened} open, {seen} in the last 720 h)" for h in app.subheader
+    )
     assert app.json, "the evidence of the selected anomaly"
     severity = sorted(_sql(on_target, f"select distinct severity from {S}.anomalies"))[0][0]
     app.multiselect[0].set_value([severity]).run()

@@ -1,5 +1,6 @@
-"""Anomalies: recent detections, filtered, with the evidence of each (actual against
-expected, the detector and its details)."""
+"""Anomalies: the incidents (anomaly_events: open ones and those seen in the span), then the
+detections behind them, filtered, with the evidence of each (actual against expected, the
+detector and its details)."""
 
 import json
 from datetime import timedelta
@@ -13,6 +14,15 @@ st.title("Anomalies")
 end = data_end()
 cols = st.columns(4)
 hours = cols[0].selectbox("last", (24, 72, 168, 720), index=2, format_func=lambda h: f"{h} h")
+incidents = read("events", end - timedelta(hours=hours))
+open_count = int((incidents["status"] == "open").sum()) if len(incidents) else 0
+st.subheader(f"Events ({open_count} open, {len(incidents)} in the last {hours} h)")
+if len(incidents):
+    st.dataframe(incidents.drop(columns=["event_id"]), hide_index=True)
+else:
+    st.success("No warning or critical event open or seen in this span.")
+
+st.subheader("Detections")
 recent = read("anomalies", end - timedelta(hours=hours))
 severities = sorted(recent["severity"].dropna().unique()) if len(recent) else []
 types = sorted(recent["anomaly_type"].dropna().unique()) if len(recent) else []

@@ -1,5 +1,6 @@
 """Network overview: every node by district with its status, on a map where coordinates
-exist, and the anomalies of the last 24 hours still worth a look (critical and warning)."""
+exist, the open events (incidents), and the anomalies of the last 24 hours still worth a look
+(critical and warning)."""
 
 from datetime import timedelta
 
@@ -28,6 +29,19 @@ with left:
 with right:
     st.subheader("Nodes by district")
     chart(charts.status_by_district(nodes), "No nodes yet.")
+
+incidents = read("events", end - timedelta(hours=24))
+open_events = incidents[incidents["status"] == "open"] if len(incidents) else incidents
+st.subheader(f"Open events ({len(open_events)})")
+if len(open_events):
+    st.dataframe(
+        open_events[
+            ["severity", "anomaly_type", "subject", "district", "started_at", "last_seen_at"]
+        ],
+        hide_index=True,
+    )
+else:
+    st.success("No warning or critical event is open.")
 
 st.subheader(f"Open anomalies, last 24 h ({len(alerting)})")
 if len(alerting):
