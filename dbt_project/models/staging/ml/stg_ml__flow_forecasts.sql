@@ -1,6 +1,6 @@
-{{ config(enabled=target.type == 'postgres') }}
-{#- PostgreSQL only: next-24-hour forecasts written by ml.scoring (dbt-postgres has no Python
-    models, so the ml_predictions_cache SQL model publishes these). -#}
+{{ config(enabled=target.type in ('postgres', 'bigquery')) }}
+{#- PostgreSQL and BigQuery: next-24-hour forecasts written by ml.scoring (neither runs the
+    project's Python models, so the ml_predictions_cache SQL model publishes these). -#}
 with
 
 source as (
