@@ -20,14 +20,9 @@ import pandas as pd
 from flows.config import PROJECT_ROOT, Target
 from flows.loaders.bigquery import SOURCE_TABLE, client, table_path
 from flows.raw_store import READING_COLUMNS
+from tests.orch_support import free_port
 
 EMULATOR = PROJECT_ROOT / ".venv-bigquery-emulator" / "bin" / "crucible"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -35,7 +30,7 @@ def running_emulator(log: Path) -> Iterator[str]:
     """Start `crucible serve` on a free 127.0.0.1 port; yield its endpoint; stop it."""
     if not EMULATOR.exists():
         raise RuntimeError(f"{EMULATOR} is missing: run `make emulator`")
-    port = _free_port()
+    port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
             [

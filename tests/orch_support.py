@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -197,3 +199,23 @@ def published_table(target: Target, table: str, key: list[str]) -> pd.DataFrame:
         if pd.api.types.is_float_dtype(frame[column]):
             frame[column] = frame[column].round(9)
     return frame
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    """Wait until `url` answers, failing early with the process's output if it exits."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - local test URL
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in {seconds}s")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from flows.jobs import LOCK_FOR_JOB, RunLock
 from flows.loaders.synthetic import Fault, SyntheticConfig
 from flows.loading import load_synthetic
 from flows.warehouse import connect
+from tests.orch_support import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/12"
 SECRET = "api-test-secret-0123456789-abcdefghijkl"
@@ -544,15 +544,9 @@ def test_openapi_documents_every_route_and_the_bearer_scheme(client):
 
 
 # -- the seed's curl examples against a real server, then a triggered cycle ---------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(platform):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **platform.env}
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "api", "--port", str(port)],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from flows.config import PROJECT_ROOT, Target
+from tests.orch_support import free_port, wait_http
 
 VIEWS = PROJECT_ROOT / "dashboard" / "views"
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
@@ -311,26 +311,6 @@ ERROR_ELEMENTS = (
 URLS = {page: "" if page == "overview" else page for page in PAGES}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer in {seconds}s")
-
-
 @pytest.fixture(scope="module")
 def browser():
     """Debian's chromium through its chromedriver; every host but 127.0.0.1 is unresolvable,
@@ -359,7 +339,7 @@ def browser():
 
 
 def _serve(args: list[str], env: dict[str, str], probe: str):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args, "--port", str(port)],
         cwd=PROJECT_ROOT,
@@ -369,7 +349,7 @@ def _serve(args: list[str], env: dict[str, str], probe: str):
         text=True,
     )
     try:
-        _wait_http(f"http://127.0.0.1:{port}{probe}", proc)
+        wait_http(f"http://127.0.0.1:{port}{probe}", proc)
     except BaseException:
         proc.kill()
         raise
@@ -490,7 +470,7 @@ def test_api_docs_render_offline_in_chromium(demo, browser):
 def test_water_dashboard_refuses_a_missing_warehouse_in_one_line(tmp_path):
     env = {**os.environ, "WATER_TARGET": "duckdb", "WATER_DUCKDB_PATH": str(tmp_path / "no.duckdb")}
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "dashboard", "--port", str(_free_port())],
+        [sys.executable, "-m", "flows.cli", "dashboard", "--port", str(free_port())],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,14 @@ import pandas as pd
 import pytest
 
 from flows.config import PROJECT_ROOT
-from tests.orch_support import RedisServer, register_nodes, synthetic_frame, wait_for, write_parquet
+from tests.orch_support import (
+    RedisServer,
+    free_port,
+    register_nodes,
+    synthetic_frame,
+    wait_for,
+    write_parquet,
+)
 
 BIN = Path(sys.executable).parent
 NODES = 4
@@ -59,12 +65,6 @@ class Receiver:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get_json(url: str, body: dict | None = None):
@@ -118,7 +118,7 @@ def test_prefect_deploy_all_in_a_clean_shell_registers_local_time_schedules(
 
 
 def test_water_serve_on_another_port_gives_its_ui_the_right_api(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = _clean_shell(
         tmp_path,
         WATER_DUCKDB_PATH=str(tmp_path / "warehouse.duckdb"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ import pytest
 import yaml
 
 from flows.config import PROJECT_ROOT
-from tests.orch_support import RedisServer
+from tests.orch_support import RedisServer, free_port, wait_http
 
 pytestmark = pytest.mark.postgres
 
@@ -37,27 +36,9 @@ S = "water_infrastructure"
 WAIT_S = 120  # the API reads the jobs table at most every 15 s; scrape and rules run every 1 s
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.load(response)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "exited"
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer in {seconds}s")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -159,11 +140,11 @@ def stack(pg_target, tmp_path):
     try:
         _water(env, "load", "synthetic", "--nodes", "3", "--days", "1", "--cadence", "300")
         _water(env, "cycle")
-        api_port = _free_port()
+        api_port = free_port()
         procs.append(_spawn(env, sys.executable, "-m", "flows.cli", "api", "--insecure-no-auth",
                             "--port", str(api_port)))  # fmt: skip
-        _wait_http(f"http://127.0.0.1:{api_port}/health", procs[-1])
-        prom_port = _free_port()
+        wait_http(f"http://127.0.0.1:{api_port}/health", procs[-1])
+        prom_port = free_port()
         procs.append(
             _spawn(
                 env,
@@ -173,7 +154,7 @@ def stack(pg_target, tmp_path):
                 f"--web.listen-address=127.0.0.1:{prom_port}",
             )
         )
-        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready", procs[-1])
+        wait_http(f"http://127.0.0.1:{prom_port}/-/ready", procs[-1])
         yield Prometheus(f"http://127.0.0.1:{prom_port}"), env, redis_server, pg_target, procs[0]
     finally:
         for proc in reversed(procs):
