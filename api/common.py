@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.jsonable import parse_iso
 from api.schemas import ProblemResponse
 from api.store import open_readonly
-from flows.warehouse import WarehouseError
+from flows.kernel.warehouse import WarehouseError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    from flows.config import load_settings
-    from flows.cycle import run_cycle
+    from flows.kernel.settings import load_settings
+    from flows.pipeline.cycle import run_cycle
 
     outcome = {"job_id": args.job_id, "status": "failed", "message": ""}
     try:

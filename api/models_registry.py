@@ -11,7 +11,7 @@ from typing import Any
 
 from api.jsonable import jsonable
 from api.store import ReadOnlyWarehouse
-from flows.config import PUBLISHED_SCHEMA
+from flows.kernel.settings import PUBLISHED_SCHEMA
 
 S = PUBLISHED_SCHEMA
 EVALUATION_SCORES = ("rmse", "mae", "mape", "mase", "interval_coverage", "drift_score")

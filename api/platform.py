@@ -20,12 +20,12 @@ from api.jsonable import now_utc, parse_iso
 from api.metrics import PlatformState
 from api.store import ReadOnlyWarehouse, open_readonly
 from api.trigger import cycle_lock_held
-from flows.jobs import is_duckdb_busy
-from flows.warehouse import WarehouseError
+from flows.kernel.warehouse import WarehouseError
+from flows.pipeline.jobs import is_duckdb_busy
 
 log = logging.getLogger(__name__)
 
-CYCLE_JOB_TYPE = "cycle"  # flows.jobs.JOB_TYPES
+CYCLE_JOB_TYPE = "cycle"  # flows.pipeline.jobs.JOB_TYPES
 
 
 @dataclass
@@ -54,7 +54,7 @@ class PlatformView:
 
 def running_cycle(wh: ReadOnlyWarehouse, target) -> dict[str, Any] | None:
     """The cycle holding the run lock, if any. A `running` row whose lock is free belongs to a
-    process that died (flows.jobs marks it failed on the next run), so the lock decides."""
+    process that died (flows.pipeline.jobs marks it failed on the next run), so the lock decides."""
     if not cycle_lock_held(target):
         return None
     jobs = queries.recent_jobs(wh, CYCLE_JOB_TYPE, limit=1, status="running")

@@ -12,10 +12,10 @@ from typing import Any
 
 from api.jsonable import json_column, jsonable
 from api.store import ReadOnlyWarehouse
-from flows.config import PUBLISHED_SCHEMA
+from flows.kernel.settings import PUBLISHED_SCHEMA
 
 # The publisher's node-status rules, so the fallback answers exactly as the cache would.
-from flows.publish import (
+from flows.publish.publisher import (
     ALERTING_SEVERITIES,
     ANOMALY_COLUMNS,
     ANOMALY_STATUS_LOOKBACK,
@@ -197,7 +197,7 @@ def anomaly_counts_by_severity(wh: ReadOnlyWarehouse, since: datetime) -> dict[s
 
 # -- forecasts and efficiency ---------------------------------------------------------------
 def predictions(wh: ReadOnlyWarehouse, node_id: str) -> list[dict[str, Any]] | None:
-    """The node's newest forecast from each active model, as flows.publish selects it for the
+    """The node's newest forecast from each active model, as flows.publish.publisher selects it for the
     cache (tests/test_api.py checks that both answers agree)."""
     if not exists(wh, "ml_predictions_cache") or not exists(wh, "ml_models"):
         return None
@@ -218,7 +218,7 @@ def predictions(wh: ReadOnlyWarehouse, node_id: str) -> list[dict[str, Any]] | N
 
 def efficiency(wh: ReadOnlyWarehouse) -> dict[str, Any] | None:
     """Latest complete hour and day, and the open ones, of the network and of each district,
-    as flows.publish selects them for the cache."""
+    as flows.publish.publisher selects them for the cache."""
     if not exists(wh, EFFICIENCY_LATEST):
         return None
     entries = efficiency_entries([_row(r) for r in wh.records(EFFICIENCY_LATEST_SQL)])

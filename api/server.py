@@ -23,7 +23,7 @@ def serve(
     import uvicorn
 
     from api.app import create_app
-    from flows.redis_conn import embedded_url, redis_endpoint
+    from flows.kernel.redis_conn import embedded_url, redis_endpoint
 
     settings = load_api_settings(target_name=target_name, insecure_no_auth=insecure_no_auth)
     if settings.redis_url is None:

@@ -1,4 +1,4 @@
-"""API settings, read from the environment only (plus the optional `.env` that flows.config reads).
+"""API settings, read from the environment only (plus the optional `.env` that flows.kernel.settings reads).
 
 Auth is on unless switched off explicitly, and there is no default key: with auth on and neither
 `WATER_API_JWT_SECRET` nor `WATER_API_JWT_PUBLIC_KEY` set, `load_api_settings` raises a one-line
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.config import ConfigError, Settings, Target, load_settings
+from flows.kernel.settings import ConfigError, Settings, Target, load_settings
 
 # RFC 7518 3.2: an HMAC key must be at least as long as the hash output (256 bits for HS256).
 MIN_HS256_SECRET_BYTES = 32

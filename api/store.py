@@ -13,14 +13,14 @@ from typing import Any
 import duckdb
 import psycopg
 
-from flows.config import Target
-from flows.warehouse import Warehouse, WarehouseError, first_line
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import Warehouse, WarehouseError, first_line
 
 STATEMENT_TIMEOUT_MS = 5000
 
 
 class ReadOnlyWarehouse(Warehouse):
-    """flows.warehouse.Warehouse in read-only mode, plus the API's row helpers."""
+    """flows.kernel.warehouse.Warehouse in read-only mode, plus the API's row helpers."""
 
     def __init__(self, target: Target):
         if target.type not in ("duckdb", "postgres"):

@@ -7,7 +7,7 @@ records it in `processing_jobs.flow_run_id`; the run carries the tag `trigger:ap
 in a child process of its own (the cycle changes process-wide state such as dbt's environment,
 so it does not run in an API thread) and returns the job id it assigned.
 
-A cycle already in progress answers 409: the run lock of flows.jobs is held (by any process,
+A cycle already in progress answers 409: the run lock of flows.pipeline.jobs is held (by any process,
 scheduled or triggered), or a run this API started has not taken the lock yet, or (Prefect) a
 flow run of the deployment is pending or running.
 """
@@ -28,8 +28,8 @@ from typing import Any
 
 from api.jsonable import iso_utc, now_utc
 from api.settings import ApiSettings
-from flows.config import PROJECT_ROOT, Target
-from flows.jobs import LOCK_FOR_JOB, lock_is_free, new_job_id
+from flows.kernel.settings import PROJECT_ROOT, Target
+from flows.pipeline.jobs import LOCK_FOR_JOB, lock_is_free, new_job_id
 
 log = logging.getLogger(__name__)
 

@@ -44,11 +44,11 @@ import jwt  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from flows.config import Target  # noqa: E402
-from flows.cycle import run_cycle  # noqa: E402
+from flows.kernel.settings import Target  # noqa: E402
+from flows.kernel.warehouse import connect  # noqa: E402
+from flows.loaders.loading import load_synthetic  # noqa: E402
 from flows.loaders.synthetic import SyntheticConfig  # noqa: E402
-from flows.loading import load_synthetic  # noqa: E402
-from flows.warehouse import connect  # noqa: E402
+from flows.pipeline.cycle import run_cycle  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 REDIS_URL = "redis://127.0.0.1:6379/14"

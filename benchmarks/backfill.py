@@ -142,16 +142,16 @@ def run_step(step: str, args: list[str]) -> None:
         con.execute(REFERENCE_SQL.format(path=args[1]))
     elif step == "windows":
         # The windowed-metrics part of a cycle: what the reference statement computes too.
-        from flows.config import load_settings
-        from flows.cycle import prepare_target
-        from flows.dbt_runner import run_dbt
+        from flows.kernel.dbt_runner import run_dbt
+        from flows.kernel.settings import load_settings
+        from flows.pipeline.cycle import prepare_target
 
         target = load_settings().target()
         prepare_target(target)
         run_dbt(target, "run", ["--select", "+int_metrics_windowed", "+rejected_readings"])
     elif step == "full-cycle":
-        from flows.config import load_settings
-        from flows.cycle import run_cycle
+        from flows.kernel.settings import load_settings
+        from flows.pipeline.cycle import run_cycle
 
         run_cycle(load_settings().target())
     elif step == "duckdb-check":

@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
-from flows.config import Target  # noqa: E402
-from flows.cycle import run_cycle  # noqa: E402
+from flows.kernel.settings import Target  # noqa: E402
+from flows.kernel.warehouse import connect  # noqa: E402
 from flows.loaders.files import load_files  # noqa: E402
+from flows.loaders.nodes import upsert_nodes  # noqa: E402
 from flows.loaders.synthetic import SyntheticConfig, node_metadata, write_parquet  # noqa: E402
-from flows.nodes import upsert_nodes  # noqa: E402
-from flows.warehouse import connect  # noqa: E402
+from flows.pipeline.cycle import run_cycle  # noqa: E402
 
 START = datetime(2025, 6, 2, tzinfo=UTC)
 HISTORY = timedelta(days=2)
@@ -295,14 +295,14 @@ def main() -> None:
         os.environ.update(target.dbt_env())
         os.environ["PREFECT_HOME"] = str(scratch / "prefect")
         os.environ.pop("PREFECT_API_URL", None)
-        from flows.serve import prefect_api
+        from flows.orchestration.serve import prefect_api
 
         with prefect_api(port=free_port(), echo=print) as api_url:
             os.environ["PREFECT_API_URL"] = api_url
             from prefect.settings import PREFECT_API_URL, temporary_settings
 
             with temporary_settings(updates={PREFECT_API_URL: api_url}):
-                from flows.flows import processing_cycle
+                from flows.orchestration.flows import processing_cycle
 
                 processing_cycle(target=target.name, source=str(batches[2]))
                 t0 = time.perf_counter()

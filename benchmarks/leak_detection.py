@@ -50,8 +50,10 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flows.config import Target  # noqa: E402
-from flows.dbt_runner import run_dbt  # noqa: E402
+from flows.kernel.dbt_runner import run_dbt  # noqa: E402
+from flows.kernel.settings import Target  # noqa: E402
+from flows.kernel.warehouse import connect  # noqa: E402
+from flows.loaders.loading import load_synthetic  # noqa: E402
 from flows.loaders.synthetic import SyntheticConfig, node_metadata  # noqa: E402
 from flows.loaders.synthetic_realistic import (  # noqa: E402
     BURST_SIZES,
@@ -61,8 +63,6 @@ from flows.loaders.synthetic_realistic import (  # noqa: E402
     RealisticTruth,
     realistic_truth,
 )
-from flows.loading import load_synthetic  # noqa: E402
-from flows.warehouse import connect  # noqa: E402
 from ml.registry import ensure_ml_tables  # noqa: E402
 
 START = datetime(2024, 9, 30, tzinfo=UTC)  # a Monday; the data cover 1 November (a holiday)

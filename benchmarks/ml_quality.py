@@ -38,10 +38,10 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from flows.config import Target  # noqa: E402
-from flows.dbt_runner import run_dbt  # noqa: E402
+from flows.kernel.dbt_runner import run_dbt  # noqa: E402
+from flows.kernel.settings import Target  # noqa: E402
+from flows.kernel.warehouse import connect  # noqa: E402
 from flows.loaders.synthetic import Fault, SyntheticConfig, iter_batches, node_metadata  # noqa: E402
-from flows.warehouse import connect  # noqa: E402
 from ml.config import MLConfig  # noqa: E402
 from ml.registry import ensure_ml_tables  # noqa: E402
 from ml.training import train  # noqa: E402

@@ -40,14 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from flows.config import Target  # noqa: E402
-from flows.cycle import prepare_target  # noqa: E402
-from flows.dbt_runner import run_dbt  # noqa: E402
+from expectations.gate import SUITES, gate  # noqa: E402
+from flows.kernel.dbt_runner import run_dbt  # noqa: E402
+from flows.kernel.settings import Target  # noqa: E402
+from flows.kernel.warehouse import connect  # noqa: E402
 from flows.loaders.files import DateRange  # noqa: E402
+from flows.loaders.loading import load_synthetic  # noqa: E402
 from flows.loaders.synthetic import SyntheticConfig  # noqa: E402
-from flows.loading import load_synthetic  # noqa: E402
-from flows.quality import SUITES, gate  # noqa: E402
-from flows.warehouse import connect  # noqa: E402
+from flows.pipeline.cycle import prepare_target  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 START = datetime(2024, 5, 6, tzinfo=UTC)

@@ -1,6 +1,6 @@
 """What every page shares: the target, a read-only warehouse per read, cached reads, errors.
 
-The target comes from the environment exactly as for every `water` command (`flows.config`);
+The target comes from the environment exactly as for every `water` command (`flows.kernel.settings`);
 `water dashboard --target` passes it on. Reads are cached for `CACHE_TTL_S` seconds so paging
 around does not reopen the warehouse each time, and a new cycle shows within that time.
 """
@@ -13,8 +13,8 @@ from typing import Any
 import streamlit as st
 
 from api.store import open_readonly
-from flows.config import ConfigError, Target, load_settings
-from flows.warehouse import WarehouseError
+from flows.kernel.settings import ConfigError, Target, load_settings
+from flows.kernel.warehouse import WarehouseError
 
 CACHE_TTL_S = 30
 

@@ -17,9 +17,9 @@ import pandas as pd
 
 from api import models_registry, queries
 from api.store import ReadOnlyWarehouse
-from flows.config import PUBLISHED_SCHEMA
-from flows.publish import NETWORK_DISTRICT, SERIES_COLUMNS
-from flows.quality import run_verdict
+from expectations.gate import run_verdict
+from flows.kernel.settings import PUBLISHED_SCHEMA
+from flows.publish.publisher import NETWORK_DISTRICT, SERIES_COLUMNS
 from ml.metrics import point_metrics
 
 S = PUBLISHED_SCHEMA

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.config import DASHBOARD_PORT, Target
+from flows.kernel.settings import DASHBOARD_PORT, Target
 
 APP = Path(__file__).resolve().parent / "app.py"
 DEFAULT_PORT = DASHBOARD_PORT

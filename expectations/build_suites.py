@@ -3,7 +3,7 @@
     python expectations/build_suites.py          # write/refresh the committed JSON + YAML
     python expectations/build_suites.py --check  # exit 1 if the committed files are stale
 
-The gates (flows/quality.py) only read what this writes: suites (JSON), one validation
+The gates (expectations/gate.py) only read what this writes: suites (JSON), one validation
 definition and one checkpoint per suite and engine, the pandas datasource DuckDB
 batches go through, and the PostgreSQL datasource whose connection string has only
 `${...}` placeholders (credentials are substituted at run time, never written).
@@ -37,8 +37,7 @@ import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
 from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
-from flows.config import DBT_PROJECT_DIR, ConfigError, load_settings  # noqa: E402
-from flows.quality import (  # noqa: E402
+from expectations.gate import (  # noqa: E402
     DATA_DOCS_SITE,
     GX_ENGINES,
     SUITES,
@@ -47,10 +46,11 @@ from flows.quality import (  # noqa: E402
     postgres_batch_sql,
     postgres_runtime_environment,
 )
+from flows.kernel.settings import DBT_PROJECT_DIR, ConfigError, load_settings  # noqa: E402
 
 DATASOURCES = {"duckdb": "water_duckdb_batches", "postgres": "water_postgres"}
 BATCH_DEFINITION = "new_rows"
-# Credentials and the batch boundary only as placeholders (see flows.quality).
+# Credentials and the batch boundary only as placeholders (see expectations.gate).
 POSTGRES_CONNECTION_STRING = (
     "postgresql+psycopg2://${PGUSER}:${PGPASSWORD}@${PGHOST}:${PGPORT}/${PGDATABASE}"
     "?options=${WATER_GX_PG_OPTIONS}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import holidays
 
-from flows.config import DBT_PROJECT_DIR
+from flows.kernel.settings import DBT_PROJECT_DIR
 
 SEED_PATH = DBT_PROJECT_DIR / "seeds" / "ml" / "italian_public_holidays.csv"
 FIRST_YEAR = 2000

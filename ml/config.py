@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
-from flows.config import ConfigError
+from flows.kernel.settings import ConfigError
 
 MODEL_TYPES = ("flow_forecast", "anomaly", "leakage")
 

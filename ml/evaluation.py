@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flows.config import Target
-from flows.warehouse import Warehouse, connect
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import Warehouse, connect
 from ml.features import all_pairs, forecast_design, normalise_feature_frame
 from ml.metrics import point_metrics
 from ml.registry import ensure_ml_tables, get_model, load_model

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from flows.warehouse import Warehouse
+from flows.kernel.warehouse import Warehouse
 
 FEATURES_RELATION = "ml.ml_features"
 LEAKAGE_FEATURES_RELATION = "ml.ml_leakage_features"

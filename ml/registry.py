@@ -32,8 +32,8 @@ from typing import Any
 
 import joblib
 
-from flows.config import load_settings
-from flows.warehouse import Warehouse
+from flows.kernel.settings import load_settings
+from flows.kernel.warehouse import Warehouse
 from ml.config import MODEL_TYPES, MLConfig
 
 STATUSES = ("created", "validated", "active", "retired")

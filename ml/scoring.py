@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flows.config import Target
-from flows.warehouse import Warehouse, connect
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import Warehouse, connect
 from ml.config import MLConfig
 from ml.features import (
     anomaly_design,
@@ -276,7 +276,7 @@ def _hour_start(hour_index: int) -> datetime:
 
 
 def _publish_forecasts(target: Target) -> None:
-    from flows.dbt_runner import run_dbt
+    from flows.kernel.dbt_runner import run_dbt
 
     run_dbt(target, "run", ["--select", "ml_predictions_cache"])
 

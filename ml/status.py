@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.warehouse import Warehouse
+from flows.kernel.warehouse import Warehouse
 from ml.config import MODEL_TYPES
 from ml.registry import active_model
 

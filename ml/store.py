@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from flows.warehouse import Warehouse
+from flows.kernel.warehouse import Warehouse
 
 
 def upsert_frame(

@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from flows import progress
-from flows.config import Target
-from flows.warehouse import connect
+from flows.kernel import progress
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import connect
 from ml.config import MODEL_TYPES, MLConfig
 from ml.features import (
     MAX_HORIZON_HOURS,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.config import PROJECT_ROOT, Target
+from flows.kernel.raw_store import READING_COLUMNS
+from flows.kernel.settings import PROJECT_ROOT, Target
 from flows.loaders.bigquery import SOURCE_TABLE, client, table_path
-from flows.raw_store import READING_COLUMNS
 from tests.orch_support import free_port
 
 EMULATOR = PROJECT_ROOT / ".venv-bigquery-emulator" / "bin" / "crucible"

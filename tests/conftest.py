@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flows.config import PROJECT_ROOT, Target
+from flows.kernel.settings import PROJECT_ROOT, Target
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
 PG_PORT = os.environ.get("PGPORT", "5432")

@@ -25,8 +25,8 @@ import pandas as pd
 import psycopg
 import redis
 
-from flows.config import PROJECT_ROOT, Target
-from flows.warehouse import connect
+from flows.kernel.settings import PROJECT_ROOT, Target
+from flows.kernel.warehouse import connect
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -97,8 +97,8 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def register_nodes(target: Target, nodes: int, seed: int = 3) -> None:
+    from flows.loaders.nodes import upsert_nodes
     from flows.loaders.synthetic import SyntheticConfig, node_metadata
-    from flows.nodes import upsert_nodes
 
     with connect(target) as wh:
         upsert_nodes(wh, node_metadata(SyntheticConfig(nodes=nodes, seed=seed)))

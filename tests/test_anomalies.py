@@ -21,12 +21,12 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.config import Target
-from flows.dbt_runner import run_dbt
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange
+from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig
-from flows.loading import load_synthetic
-from flows.warehouse import connect
 from tests.warehouses import fresh_warehouse as fresh_target
 
 MODELS = [

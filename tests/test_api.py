@@ -1,7 +1,7 @@
 """The HTTP API against real PostgreSQL and Redis after a real processing cycle.
 
 One module-scoped platform: a synthetic 6-node network (2 days at 5 min, with a reverse flow
-and a data gap) loaded into a fresh PostgreSQL database, one `flows.cycle.run_cycle` that builds
+and a data gap) loaded into a fresh PostgreSQL database, one `flows.pipeline.cycle.run_cycle` that builds
 the marts and publishes to Redis DB 12. Every endpoint's answer is checked against the
 warehouse itself, the database fallback against the cache, the OpenAPI schema with
 schemathesis (no 5xx), and the seed's curl examples against a real `water api` server,
@@ -35,12 +35,12 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from api.app import create_app
 from api.common import encode_cursor
 from api.settings import load_api_settings
-from flows.config import PROJECT_ROOT, Target
-from flows.cycle import run_cycle
-from flows.jobs import LOCK_FOR_JOB, RunLock
+from flows.kernel.settings import PROJECT_ROOT, Target
+from flows.kernel.warehouse import connect
+from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig
-from flows.loading import load_synthetic
-from flows.warehouse import connect
+from flows.pipeline.cycle import run_cycle
+from flows.pipeline.jobs import LOCK_FOR_JOB, RunLock
 from tests.orch_support import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/12"

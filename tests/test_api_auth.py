@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import ApiConfigError, load_api_settings
-from flows.cli import main as water
-from flows.jobs import LOCK_FOR_JOB, RunLock
+from flows.cli.main import main as water
+from flows.pipeline.jobs import LOCK_FOR_JOB, RunLock
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"  # 40 bytes, test only
 # The API tests' own Redis database (tests/test_api.py publishes there); emptied per test here.
@@ -357,7 +357,7 @@ def test_trigger_with_prefect_creates_a_flow_run_of_the_on_demand_deployment(
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.flows import processing_cycle
+    from flows.orchestration.flows import processing_cycle
 
     with prefect_test_harness(server_startup_timeout=120):
         api_url = PREFECT_API_URL.value()

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import load_api_settings
-from flows.config import PROJECT_ROOT, Target
+from flows.kernel.settings import PROJECT_ROOT, Target
 from flows.loaders.synthetic import Fault, SyntheticConfig, node_metadata, write_parquet
 
 SECRET = "duckdb-api-test-secret-0123456789-abcdef"

@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.config import Target
-from flows.dbt_runner import run_dbt
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import connect
 from flows.loaders.bigquery import (
     LANDING_TABLE,
     build_extract_query,
@@ -27,7 +28,6 @@ from flows.loaders.bigquery import (
 )
 from flows.loaders.files import DateRange
 from flows.loaders.synthetic import SyntheticConfig, generate
-from flows.warehouse import connect
 from tests.bigquery_emulator import (
     append_rows,
     create_production_table,

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.cycle import run_cycle
+from flows.kernel.warehouse import connect
 from flows.loaders.files import load_files
+from flows.loaders.nodes import upsert_nodes
 from flows.loaders.synthetic import Fault, SyntheticConfig, generate, node_metadata
-from flows.nodes import upsert_nodes
-from flows.warehouse import connect
+from flows.pipeline.cycle import run_cycle
 from tests.reference import WINDOW_CLOSE_GRACE, reference_metrics, row_accounting
 
 START = datetime(2024, 3, 30, tzinfo=UTC)  # spans the Europe/Rome DST switch of 2024-03-31

@@ -21,7 +21,7 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from flows.config import PROJECT_ROOT, Target
+from flows.kernel.settings import PROJECT_ROOT, Target
 from tests.orch_support import free_port, wait_http
 
 VIEWS = PROJECT_ROOT / "dashboard" / "views"

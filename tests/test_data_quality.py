@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.dbt_runner import run_dbt
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.warehouse import connect
+from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig, node_metadata
-from flows.loading import load_synthetic
-from flows.warehouse import connect
 from tests.warehouses import fresh_warehouse as fresh_target
 
 MODELS = ["--select", "+data_quality_metrics"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import Target
-from flows.dbt_runner import run_dbt
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.settings import Target
 
 BIGQUERY = Target("bigquery", bigquery_project="water-test-project", bigquery_dataset="water_ci")
 
@@ -95,10 +95,10 @@ def test_every_built_column_is_documented(duckdb_target):
     """Columns as built in the warehouse, not just those declared in YAML, have descriptions."""
     from datetime import UTC, datetime
 
-    from flows.cycle import run_cycle
+    from flows.kernel.warehouse import connect
+    from flows.loaders.loading import load_synthetic
     from flows.loaders.synthetic import SyntheticConfig
-    from flows.loading import load_synthetic
-    from flows.warehouse import connect
+    from flows.pipeline.cycle import run_cycle
 
     config = SyntheticConfig(
         nodes=4, days=1, cadence_s=300, seed=3, start=datetime(2024, 6, 1, tzinfo=UTC)
@@ -130,10 +130,10 @@ def test_dbt_unit_tests_pass_on_both_engines(target):
     """Cycles skip dbt unit tests (fixed-input logic checks); CI runs every one of them here."""
     from datetime import UTC, datetime
 
-    from flows.cycle import run_cycle
+    from flows.kernel.warehouse import connect
+    from flows.loaders.loading import load_synthetic
     from flows.loaders.synthetic import SyntheticConfig
-    from flows.loading import load_synthetic
-    from flows.warehouse import connect
+    from flows.pipeline.cycle import run_cycle
 
     config = SyntheticConfig(
         nodes=3, days=1, cadence_s=300, seed=5, start=datetime(2024, 6, 1, tzinfo=UTC)
@@ -155,7 +155,7 @@ def test_parallel_dbt_threads_never_build_two_python_asts_at_once(monkeypatch):
     import threading
     import time
 
-    from flows import dbt_runner
+    from flows.kernel import dbt_runner
 
     real_parse = ast.parse.__wrapped__
     inside, most_inside = 0, 0

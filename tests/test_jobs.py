@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flows.config import PROJECT_ROOT
-from flows.jobs import (
+from flows.kernel.settings import PROJECT_ROOT
+from flows.pipeline.jobs import (
     RunLock,
     ensure_job_tables,
     fail_abandoned_jobs,
@@ -126,8 +126,8 @@ def test_lock_note_is_visible_to_other_processes_on_duckdb(duckdb_target):
 _HOLDER = textwrap.dedent(
     """
     import json, sys, time
-    from flows.config import Target
-    from flows.cycle import _Run
+    from flows.kernel.settings import Target
+    from flows.pipeline.cycle import _Run
     from pathlib import Path
     spec = json.loads(sys.argv[1])
     target = Target(spec["name"], duckdb_path=Path(spec["path"]) if spec["path"] else None,
@@ -167,7 +167,7 @@ def _spawn_holder(target) -> tuple[subprocess.Popen, str]:
 
 
 def test_a_killed_runs_job_is_marked_failed_at_the_next_start(target):
-    from flows.cycle import _Run
+    from flows.pipeline.cycle import _Run
 
     holder, job_id = _spawn_holder(target)
     try:

@@ -18,11 +18,11 @@ import pytest
 
 from api.queries import efficiency as api_efficiency
 from api.store import open_readonly
-from flows.dbt_runner import run_dbt
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.warehouse import connect
+from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig, generate, node_metadata
-from flows.loading import load_synthetic
-from flows.publish import NETWORK_DISTRICT, NETWORK_EFFICIENCY_KEY, district_key, publish
-from flows.warehouse import connect
+from flows.publish.publisher import NETWORK_DISTRICT, NETWORK_EFFICIENCY_KEY, district_key, publish
 from tests.orch_support import RedisServer
 from tests.warehouses import fresh_warehouse
 

@@ -10,11 +10,11 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.cycle import run_cycle
+from flows.kernel.raw_store import ensure_raw_tables
+from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange, LoadError, PartialLoad, load_files
-from flows.nodes import NodeFileError, register_node_file
-from flows.raw_store import ensure_raw_tables
-from flows.warehouse import connect
+from flows.loaders.nodes import NodeFileError, register_node_file
+from flows.pipeline.cycle import run_cycle
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -260,7 +260,7 @@ def test_blank_ids_are_missing_and_nfd_ids_are_one_node(duckdb_target, tmp_path)
 
 
 def test_water_status_prints_no_control_characters():
-    from flows.status import printable
+    from flows.pipeline.status import printable
 
     assert printable("N\x1b[31m1\x00\nnext") == "N\\x1b[31m1\\x00\nnext"
 

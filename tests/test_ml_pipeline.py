@@ -20,13 +20,13 @@ import pandas as pd
 import psycopg
 import pytest
 
-from flows.config import Target
-from flows.cycle import prepare_target, transform
-from flows.dbt_runner import run_dbt
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange, load_files
+from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig, generate
-from flows.loading import load_synthetic
-from flows.warehouse import connect
+from flows.pipeline.cycle import prepare_target, transform
 from ml.calendar import SEED_PATH, italian_public_holidays
 from ml.config import MLConfig
 from ml.evaluation import evaluate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.warehouse import WarehouseError, connect
+from flows.kernel.warehouse import WarehouseError, connect
 from ml.config import MLConfig
 from ml.registry import (
     ArtifactIntegrityError,

@@ -13,14 +13,14 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
-from flows.config import PROJECT_ROOT, Target
-from flows.cycle import day_chunks, run_backfill, run_cycle
-from flows.jobs import open_warehouse, read_watermark
+from flows.kernel.settings import PROJECT_ROOT, Target
+from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange, load_files
 from flows.loaders.synthetic import Fault
-from flows.publish import STATUS_KEY
-from flows.serve import build_deployments, deployment_specs, load_entrypoint
-from flows.warehouse import connect
+from flows.orchestration.serve import build_deployments, deployment_specs, load_entrypoint
+from flows.pipeline.cycle import day_chunks, run_backfill, run_cycle
+from flows.pipeline.jobs import open_warehouse, read_watermark
+from flows.publish.publisher import STATUS_KEY
 from tests.orch_support import (
     ExtraDatabase,
     RedisServer,
@@ -90,7 +90,7 @@ def test_every_flow_imports_and_each_prefect_yaml_entrypoint_resolves(monkeypatc
     from prefect import Flow
     from prefect.flows import load_flow_from_entrypoint
 
-    import flows.flows as module
+    import flows.orchestration.flows as module
 
     assert {f.name for f in module.ALL_FLOWS} == {
         "processing-cycle",
@@ -139,7 +139,7 @@ def prefect_api():
 
 
 def test_the_prefect_flow_runs_the_same_cycle(duckdb_target, tmp_path, monkeypatch, prefect_api):
-    from flows.flows import processing_cycle
+    from flows.orchestration.flows import processing_cycle
 
     monkeypatch.setenv("WATER_DUCKDB_PATH", str(duckdb_target.duckdb_path))
     server = RedisServer(tmp_path / "redis").start()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.config import PROJECT_ROOT
+from flows.kernel.settings import PROJECT_ROOT
 from tests.orch_support import (
     RedisServer,
     free_port,
@@ -197,7 +197,7 @@ def _artifact(api_url: str, flow_run_id: str) -> str:
 def test_cycles_leave_a_summary_and_a_gate_blocked_one_notifies(
     prefect_server, duckdb_target, tmp_path, monkeypatch
 ):
-    from flows.flows import processing_cycle
+    from flows.orchestration.flows import processing_cycle
 
     receiver = Receiver()
     redis = RedisServer(tmp_path / "redis").start()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows import progress
+from flows.kernel import progress
 
 BIN = Path(sys.executable).parent
 STEP_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\] (.+)$")

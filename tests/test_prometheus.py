@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import yaml
 
-from flows.config import PROJECT_ROOT
+from flows.kernel.settings import PROJECT_ROOT
 from tests.orch_support import RedisServer, free_port, wait_http
 
 pytestmark = pytest.mark.postgres

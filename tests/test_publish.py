@@ -17,11 +17,19 @@ import orjson
 import pandas as pd
 import pytest
 
-from flows.cycle import PUBLISH_RETRIES, CycleFailed, run_cycle
-from flows.jobs import open_warehouse, read_watermark
+from flows.kernel.redis_conn import (
+    REDIS_CONNECT_TIMEOUT_S,
+    REDIS_SOCKET_TIMEOUT_S,
+    connect_redis,
+    embedded_url,
+    redis_endpoint,
+)
+from flows.kernel.warehouse import connect
 from flows.loaders.files import load_files
 from flows.loaders.synthetic import Fault
-from flows.publish import (
+from flows.pipeline.cycle import PUBLISH_RETRIES, CycleFailed, run_cycle
+from flows.pipeline.jobs import open_warehouse, read_watermark
+from flows.publish.publisher import (
     ANOMALIES_KEY,
     KEYS_KEY,
     NODES_KEY,
@@ -30,14 +38,6 @@ from flows.publish import (
     Snapshot,
     write_snapshot,
 )
-from flows.redis_conn import (
-    REDIS_CONNECT_TIMEOUT_S,
-    REDIS_SOCKET_TIMEOUT_S,
-    connect_redis,
-    embedded_url,
-    redis_endpoint,
-)
-from flows.warehouse import connect
 from tests.orch_support import RedisServer, register_nodes, synthetic_frame, write_parquet
 
 NODES = 6
@@ -294,7 +294,7 @@ def test_embedded_redis_when_no_url_is_configured(tmp_path):
 
 
 def test_redis_url_is_checked_and_passwords_are_masked():
-    from flows.config import ConfigError
+    from flows.kernel.settings import ConfigError
 
     with pytest.raises(ConfigError, match="REDIS_URL must start with"):
         redis_endpoint({"REDIS_URL": "127.0.0.1:6379"})

@@ -14,13 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from flows.config import PROJECT_ROOT, Target
-from flows.cycle import prepare_target
-from flows.dbt_runner import run_dbt
-from flows.loaders.files import load_files
-from flows.loaders.synthetic import Fault, SyntheticConfig
-from flows.loading import load_synthetic
-from flows.quality import (
+from expectations.gate import (
     SEVERITIES,
     SUITES,
     QualityError,
@@ -29,7 +23,13 @@ from flows.quality import (
     latest_results,
     run_suites,
 )
-from flows.warehouse import connect
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.settings import PROJECT_ROOT, Target
+from flows.kernel.warehouse import connect
+from flows.loaders.files import load_files
+from flows.loaders.loading import load_synthetic
+from flows.loaders.synthetic import Fault, SyntheticConfig
+from flows.pipeline.cycle import prepare_target
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 GAP_NODE = "N0003"
@@ -379,7 +379,7 @@ def _sql_type(value: object) -> str:
 def test_water_validate_prints_a_table_and_fails_on_critical(
     duckdb_target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from flows.cli import main
+    from flows.cli.main import main
 
     _build(duckdb_target, tmp_path)
     monkeypatch.setenv("WATER_DUCKDB_PATH", str(duckdb_target.duckdb_path))
@@ -406,7 +406,7 @@ def test_water_validate_prints_a_table_and_fails_on_critical(
     assert "verdict: failed" in failed.output
 
     # `water status` shows the latest run's failures by severity.
-    from flows.status import collect_status, format_status
+    from flows.pipeline.status import collect_status, format_status
 
     text = format_status(collect_status(duckdb_target))
     assert "quality" in text and "quality_score_in_unit_range" in text
@@ -511,7 +511,7 @@ def _published_tables(target: Target) -> dict[str, pd.DataFrame]:
 def test_a_critical_failure_in_a_cycle_leaves_redis_and_published_tables_as_they_were(
     pg_target: Target, tmp_path: Path
 ):
-    from flows.cycle import CycleFailed, run_cycle
+    from flows.pipeline.cycle import CycleFailed, run_cycle
     from tests.orch_support import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT
+from flows.kernel.settings import DBT_PROJECT_DIR, PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 

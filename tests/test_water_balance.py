@@ -12,13 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.config import Target
-from flows.dbt_runner import run_dbt
+from flows.kernel.dbt_runner import run_dbt
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange
+from flows.loaders.loading import load_synthetic
+from flows.loaders.nodes import upsert_nodes
 from flows.loaders.synthetic import Fault, SyntheticConfig, generate, node_metadata
-from flows.loading import load_synthetic
-from flows.nodes import upsert_nodes
-from flows.warehouse import connect
 from tests.warehouses import fresh_warehouse as fresh_target
 
 MODELS = ["--select", "+network_efficiency"]

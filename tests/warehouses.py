@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psycopg
 
-from flows.config import Target
-from flows.cycle import prepare_target
+from flows.kernel.settings import Target
+from flows.pipeline.cycle import prepare_target
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import platform
 from api.store import open_readonly
-from flows.warehouse import WarehouseError
+from flows.kernel.warehouse import WarehouseError
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])

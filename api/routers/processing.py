@@ -15,7 +15,7 @@ from api.common import PROBLEMS, DatabaseUnavailable, in_database
 from api.ratelimit import SlidingWindowLimiter
 from api.schemas import ConflictResponse, Job, ProblemResponse, TriggerResponse
 from api.trigger import TriggerFailed, cycle_lock_held
-from flows.warehouse import WarehouseError
+from flows.kernel.warehouse import WarehouseError
 
 log = logging.getLogger(__name__)
 

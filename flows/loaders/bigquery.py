@@ -24,10 +24,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flows.config import ConfigError, Settings, Target, load_settings
+from flows.kernel.raw_store import READING_COLUMNS, ensure_raw_tables
+from flows.kernel.settings import ConfigError, Settings, Target, load_settings
+from flows.kernel.warehouse import Warehouse
 from flows.loaders.files import DateRange, LoadResult, load_file
-from flows.raw_store import READING_COLUMNS, ensure_raw_tables
-from flows.warehouse import Warehouse
 
 SOURCE_TABLE = "sensor_readings_ml"
 LANDING_TABLE = "sensor_readings_landed"
@@ -95,7 +95,7 @@ def client(target: Target):
 
 def land_new_rows(target: Target, dates: DateRange | None = None) -> str:
     """Step 1: the dbt operation that lands new production rows; returns the landing batch id."""
-    from flows.dbt_runner import run_dbt
+    from flows.kernel.dbt_runner import run_dbt
 
     dates = dates or DateRange()
     batch_id = uuid.uuid4().hex

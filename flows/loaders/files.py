@@ -24,15 +24,15 @@ from pathlib import Path
 
 import duckdb
 
-from flows import progress as show
-from flows.raw_store import (
+from flows.kernel import progress as show
+from flows.kernel.raw_store import (
     MEASUREMENT_COLUMNS,
     READING_COLUMNS,
     batch_timestamp,
     ensure_raw_tables,
     lock_raw_writes,
 )
-from flows.warehouse import Warehouse
+from flows.kernel.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 

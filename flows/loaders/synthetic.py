@@ -134,7 +134,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flows.raw_store import NODE_COLUMNS
+from flows.kernel.raw_store import NODE_COLUMNS
 
 __all__ = [
     "BAD_ROW_KINDS",
@@ -168,7 +168,7 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 
-METADATA_COLUMNS = NODE_COLUMNS  # the node metadata contract (flows.raw_store)
+METADATA_COLUMNS = NODE_COLUMNS  # the node metadata contract (flows.kernel.raw_store)
 
 FAULT_KINDS = (
     "burst",
@@ -1137,7 +1137,7 @@ def write_parquet(config: SyntheticConfig, path: str | Path, progress: bool = Fa
     batches = iter_batches(config)  # validates before touching the filesystem
     bar = None
     if progress:
-        from flows import progress as show
+        from flows.kernel import progress as show
 
         bar = show.counter(
             config.nodes * _n_steps(config) + config.bad_rows, f"generate {path.name}", "rows"

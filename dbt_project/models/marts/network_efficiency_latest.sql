@@ -6,7 +6,7 @@
     (macro node_closing_clocks): every node of the area has reported at or after its end, or
     the network's clock is var('window_close_grace_s') past it. A view, because closing
     depends on the clock, not only on the rows network_efficiency last merged. Redis and the
-    API read it (flows/publish.py, api/queries.py). -#}
+    API read it (flows/publish/publisher.py, api/queries.py). -#}
 with
 
 efficiency as (

@@ -31,8 +31,8 @@ from typing import Any
 
 import psycopg
 
-from flows.config import PUBLISHED_SCHEMA, Target
-from flows.warehouse import Warehouse, WarehouseError, connect
+from flows.kernel.settings import PUBLISHED_SCHEMA, Target
+from flows.kernel.warehouse import Warehouse, WarehouseError, connect
 
 JOB_TYPES = ("cycle", "backfill", "evaluation", "retraining")
 JOB_STATUSES = ("running", "completed", "failed", "skipped")

@@ -20,7 +20,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from flows.config import PROJECT_ROOT, ConfigError
+from flows.kernel.settings import PROJECT_ROOT, ConfigError
 
 log = logging.getLogger(__name__)
 

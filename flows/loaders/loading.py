@@ -8,11 +8,11 @@ from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
-from flows.config import PROJECT_ROOT
+from flows.kernel.raw_store import ensure_raw_tables
+from flows.kernel.settings import PROJECT_ROOT
+from flows.kernel.warehouse import Warehouse
 from flows.loaders.files import DateRange, LoadResult, load_files
-from flows.nodes import NodesResult, upsert_nodes
-from flows.raw_store import ensure_raw_tables
-from flows.warehouse import Warehouse
+from flows.loaders.nodes import NodesResult, upsert_nodes
 
 LANDING_DIR = PROJECT_ROOT / "data" / "landing"
 

@@ -7,7 +7,7 @@ touched and every rejected reading can be traced back to its file row.
 
 from __future__ import annotations
 
-from flows.warehouse import Warehouse
+from flows.kernel.warehouse import Warehouse
 
 READING_COLUMNS = (
     "timestamp",

@@ -17,7 +17,7 @@ import duckdb
 import pandas as pd
 import psycopg
 
-from flows.config import Target
+from flows.kernel.settings import Target
 
 _NAMED = re.compile(r"%\((\w+)\)s")
 

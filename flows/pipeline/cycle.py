@@ -1,11 +1,11 @@
 """The processing cycle, the backfill and the model jobs: the code every entry point runs.
 
 `water cycle`, `water load --process`, `water train/evaluate` and the Prefect flows in
-`flows/flows.py` all call the functions here; only the *step runner* differs:
+`flows/orchestration/flows.py` all call the functions here; only the *step runner* differs:
 
 * `DirectSteps` (CLI, tests, demo) calls each step in-process and retries transient
   database/Redis errors itself. No Prefect server, no 10-15 s ephemeral start-up.
-* `flows.flows.PrefectSteps` runs each step as a Prefect task (retries with exponential
+* `flows.orchestration.flows.PrefectSteps` runs each step as a Prefect task (retries with exponential
   backoff, timeouts, visible in the UI) and dbt through `prefect_dbt.PrefectDbtRunner`.
 
 A cycle: take the run lock (another run holding it -> a `skipped` job row) -> mark jobs
@@ -34,10 +34,12 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 
-from flows import progress
-from flows.config import PUBLISHED_SCHEMA, Target
-from flows.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
-from flows.jobs import (
+from flows.kernel import progress
+from flows.kernel.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
+from flows.kernel.raw_store import ensure_raw_tables
+from flows.kernel.settings import PUBLISHED_SCHEMA, Target
+from flows.kernel.warehouse import WarehouseError
+from flows.pipeline.jobs import (
     LOCK_FOR_JOB,
     METADATA_WATERMARK_KEY,
     Job,
@@ -57,8 +59,6 @@ from flows.jobs import (
     start_job,
     utcnow,
 )
-from flows.raw_store import ensure_raw_tables
-from flows.warehouse import WarehouseError
 
 log = logging.getLogger("water.cycle")
 T = TypeVar("T")
@@ -236,7 +236,7 @@ def new_cycle_id() -> str:
 def prepare_target(target: Target) -> None:
     """Every table dbt's sources read (raw, jobs, quality checks, ML outputs and registry), so
     `dbt build` resolves them before a first load; `water init` is this alone."""
-    from flows.quality import ensure_quality_table
+    from expectations.gate import ensure_quality_table
 
     with open_warehouse(target) as wh:
         ensure_raw_tables(wh)
@@ -397,7 +397,7 @@ class _Run:
         self, sources: Sequence[str], start: date | None, end: date | None, synthetic_config
     ) -> StepRecord:
         from flows.loaders.files import PartialLoad
-        from flows.loading import load_source
+        from flows.loaders.loading import load_source
 
         refused: list[dict[str, str]] = []
         with open_warehouse(self.target) as wh:
@@ -462,10 +462,10 @@ class _Run:
 
     def gate(self, stage: str, scope: Scope) -> StepRecord:
         try:
-            from flows.quality import gate
+            from expectations.gate import gate
         except ImportError as exc:
             return StepRecord(
-                "skipped", detail={"reason": f"flows.quality is not available ({exc})"}
+                "skipped", detail={"reason": f"expectations.gate is not available ({exc})"}
             )
         result = gate(
             self.target, stage, run_id=self.result.cycle_id, since_loaded_at=scope.watermark
@@ -551,7 +551,7 @@ class _Run:
             self.result.publish = {"status": "disabled"}
             self.job.summary["publish"] = self.result.publish
             return
-        from flows.publish import publish
+        from flows.publish.publisher import publish
 
         t0 = time.perf_counter()
         try:
@@ -807,7 +807,7 @@ def describe_result(result: CycleResult, target: Target) -> str:
     )
     publish = result.publish or {}
     if publish.get("status") == "published":
-        from flows.redis_conn import redis_endpoint
+        from flows.kernel.redis_conn import redis_endpoint
 
         line += f"\npublished {publish['keys']} key(s) to {redis_endpoint().describe()}"
     elif publish.get("status") == "failed":

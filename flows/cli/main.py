@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from flows.config import DASHBOARD_PORT, load_settings
+from flows.kernel.settings import DASHBOARD_PORT, load_settings
 
 log = logging.getLogger("water")
 
@@ -80,7 +80,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if ctx.invoked_subcommand not in _QUIET_COMMANDS:
-        from flows import progress
+        from flows.kernel import progress
 
         progress.enable()  # steps as they happen (plain lines unless on a terminal)
 
@@ -177,8 +177,8 @@ def load(
     target_name,
 ):
     """Load raw readings from SOURCES: Parquet/CSV files or globs, `synthetic`, or `bigquery`."""
-    from flows.loading import load_source
-    from flows.warehouse import connect
+    from flows.kernel.warehouse import connect
+    from flows.loaders.loading import load_source
 
     synthetic = None
     if list(sources) == ["synthetic"]:
@@ -218,7 +218,7 @@ def load(
         click.echo(f"landed new rows of sensor_readings_ml as batch {batch} in {target.describe()}")
         return
     if process:
-        from flows.cycle import describe_result, run_backfill
+        from flows.pipeline.cycle import describe_result, run_backfill
 
         if start_date is None or end_date is None:
             raise click.UsageError("--process needs --start-date and --end-date")
@@ -256,7 +256,7 @@ def load(
 @command
 def init(target_name):
     """Create every table dbt's sources read, so `dbt build` works on a new warehouse."""
-    from flows.cycle import prepare_target
+    from flows.pipeline.cycle import prepare_target
 
     target = _target(target_name)
     prepare_target(target)
@@ -272,8 +272,8 @@ def init(target_name):
 @command
 def nodes(file, target_name):
     """Register or update node metadata from a CSV file (upsert by node_id)."""
-    from flows.nodes import register_node_file
-    from flows.warehouse import connect
+    from flows.kernel.warehouse import connect
+    from flows.loaders.nodes import register_node_file
 
     target = _target(target_name)
     with connect(target) as wh:
@@ -296,7 +296,7 @@ def nodes(file, target_name):
 @command
 def cycle(sources, no_publish, target_name):
     """Run one processing cycle now (the same code as the Prefect flow)."""
-    from flows.cycle import describe_result, run_cycle
+    from flows.pipeline.cycle import describe_result, run_cycle
 
     target = _target(target_name)
     synthetic = None
@@ -326,7 +326,7 @@ def cycle(sources, no_publish, target_name):
 @command
 def serve(port, target_name):
     """Serve every Prefect deployment (schedules of prefect.yaml) until interrupted."""
-    from flows.serve import serve as serve_deployments
+    from flows.orchestration.serve import serve as serve_deployments
 
     target = _target(target_name)
     click.echo(f"serving the deployments of prefect.yaml for {target.describe()}")
@@ -338,7 +338,7 @@ def serve(port, target_name):
 @command
 def status(target_name):
     """Show what the warehouse holds: loads, windows, nodes, rejects."""
-    from flows.status import collect_status, format_status
+    from flows.pipeline.status import collect_status, format_status
 
     click.echo(format_status(collect_status(_target(target_name))))
 
@@ -351,7 +351,7 @@ def status(target_name):
 @command
 def demo(nodes, days, seed, target_name):
     """Generate a demo network, load it and run a cycle (no server needed)."""
-    from flows.demo import run_demo
+    from flows.cli.demo import run_demo
 
     run_demo(_target(target_name), nodes=nodes, days=days, seed=seed, echo=click.echo)
 
@@ -392,8 +392,8 @@ def dashboard(host, port, target_name):
 @command
 def validate(suite, target_name):
     """Run the Great Expectations suites now on each table's last day of rows."""
-    from flows.config import QUALITY_PAGE_URL
-    from flows.quality import data_docs_index, format_table, run_suites, run_verdict
+    from expectations.gate import data_docs_index, format_table, run_suites, run_verdict
+    from flows.kernel.settings import QUALITY_PAGE_URL
 
     results = run_suites(_target(target_name), suite=suite)
     click.echo(format_table(results))
@@ -419,7 +419,7 @@ def validate(suite, target_name):
 @command
 def train(model_type, target_name):
     """Train, register and (champion/challenger) promote ML models (a `retraining` job)."""
-    from flows.cycle import run_model_job
+    from flows.pipeline.cycle import run_model_job
     from ml.training import TrainingResult
 
     target = _target(target_name)
@@ -439,7 +439,7 @@ def train(model_type, target_name):
 @command
 def evaluate(target_name):
     """Score served predictions whose targets are now observed (fills model_performance)."""
-    from flows.cycle import run_model_job
+    from flows.pipeline.cycle import run_model_job
 
     target = _target(target_name)
     job = run_model_job(target, "evaluation")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.raw_store import BALANCE_ROLES, NODE_COLUMN_TYPES, NODE_COLUMNS, ensure_raw_tables
-from flows.warehouse import Warehouse
+from flows.kernel.raw_store import BALANCE_ROLES, NODE_COLUMN_TYPES, NODE_COLUMNS, ensure_raw_tables
+from flows.kernel.warehouse import Warehouse
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}

@@ -30,10 +30,10 @@ import pyarrow.compute as pc
 import redis
 from pyarrow import csv as pa_csv
 
-from flows.config import PUBLISHED_SCHEMA, Target
-from flows.jobs import in_list, open_warehouse
-from flows.redis_conn import cache_ttl_seconds, connect_redis
-from flows.warehouse import Warehouse
+from flows.kernel.redis_conn import cache_ttl_seconds, connect_redis
+from flows.kernel.settings import PUBLISHED_SCHEMA, Target
+from flows.kernel.warehouse import Warehouse
+from flows.pipeline.jobs import in_list, open_warehouse
 
 S = PUBLISHED_SCHEMA
 SCHEMA_VERSION = 1

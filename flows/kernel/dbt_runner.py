@@ -2,7 +2,7 @@
 
 `dbtRunner` keeps dbt's start-up to ~0.6 s when warm (the CLI costs ~3.6 s), and gives
 back per-node results, so a failure names the model or test that failed.
-Prefect flows use `prefect_dbt.PrefectDbtRunner` through `flows.flows` instead; both read
+Prefect flows use `prefect_dbt.PrefectDbtRunner` through `flows.orchestration.flows` instead; both read
 the same `profiles.yml` and the same environment from `Target.dbt_env()`.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT, Target
+from flows.kernel.settings import DBT_PROJECT_DIR, PROJECT_ROOT, Target
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import pandas as pd
 
-from flows.config import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
-from flows.dbt_runner import DbtError
-from flows.warehouse import Warehouse, WarehouseError, connect
+from flows.kernel.dbt_runner import DbtError
+from flows.kernel.settings import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
+from flows.kernel.warehouse import Warehouse, WarehouseError, connect
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ def _ensure_staging_view(target: Target) -> None:
 
     It is a view over raw (no published table changes); dbt owns its SQL.
     """
-    from flows.dbt_runner import run_dbt
+    from flows.kernel.dbt_runner import run_dbt
 
     run_dbt(target, "run", ["--select", STAGING_READINGS])
 
@@ -728,7 +728,7 @@ def gate(
 
 
 def new_run_id() -> str:
-    from flows.cycle import new_cycle_id
+    from flows.pipeline.cycle import new_cycle_id
 
     return "validate-" + new_cycle_id()
 
@@ -744,7 +744,7 @@ def run_suites(
     for stage, names in STAGES.items():
         chosen = [n for n in names if suite is None or n == suite]
         if chosen:
-            from flows import progress
+            from flows.kernel import progress
 
             with progress.step(f"validate {stage} ({', '.join(chosen)})"):
                 results.append(_run_stage(target, stage, run_id, chosen, _latest_since))

@@ -6,8 +6,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.config import PUBLISHED_SCHEMA, Target
-from flows.warehouse import Warehouse, connect
+from flows.kernel.settings import PUBLISHED_SCHEMA, Target
+from flows.kernel.warehouse import Warehouse, connect
 
 
 @dataclass
@@ -21,8 +21,8 @@ class Status:
     nodes_total: int = 0
     nodes_without_metadata: list[str] = field(default_factory=list)
     built: bool = False
-    quality: Any = None  # flows.quality.QualitySummary of the latest gate run
-    jobs: Any = None  # flows.jobs.JobsSummary: recent jobs, watermark, last publish
+    quality: Any = None  # expectations.gate.QualitySummary of the latest gate run
+    jobs: Any = None  # flows.pipeline.jobs.JobsSummary: recent jobs, watermark, last publish
     ml: Any = None  # ml.status.MLStatus: active models and their latest scores
 
 
@@ -38,10 +38,10 @@ def _collect(wh: Warehouse, target: Target) -> Status:
         status.batches, status.last_loaded_at = wh.query(
             "select count(*), max(loaded_at) from raw.load_batches"
         )[0]
-    from flows.quality import latest_results
+    from expectations.gate import latest_results
 
     status.quality = latest_results(wh)
-    from flows.jobs import jobs_summary
+    from flows.pipeline.jobs import jobs_summary
 
     status.jobs = jobs_summary(wh, target)
     from ml.status import ml_status
@@ -79,10 +79,10 @@ def format_status(status: Status) -> str:
         f"raw readings      {status.raw_rows:,} in {status.batches} batch(es); last load {status.last_loaded_at or '-'}"
     )
     if status.quality is not None:
-        from flows.quality import format_summary
+        from expectations.gate import format_summary
 
         lines.extend(format_summary(status.quality))
-    from flows.jobs import format_jobs
+    from flows.pipeline.jobs import format_jobs
 
     lines.extend(format_jobs(status.jobs))
     if not status.built:

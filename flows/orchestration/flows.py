@@ -1,4 +1,4 @@
-"""Prefect flows: thin wrappers over `flows.cycle`, the code `water cycle` also runs.
+"""Prefect flows: thin wrappers over `flows.pipeline.cycle`, the code `water cycle` also runs.
 
 Deployments (schedules, parameters, concurrency) are declared in `prefect.yaml`;
 `water serve` serves them all from one process. Each step of a cycle is a Prefect task
@@ -6,7 +6,7 @@ Deployments (schedules, parameters, concurrency) are declared in `prefect.yaml`;
 and the dbt build is one of them; with WATER_DBT_NODE_TASKS=1 dbt runs through
 `prefect_dbt.PrefectDbtRunner` and every dbt model and test shows up as its own task. A
 cycle or backfill leaves a markdown summary artifact; a failed, gate-blocked or crashed run
-posts a notification to WATER_NOTIFY_URL (flows/report.py). Cycles never overlap: the run
+posts a notification to WATER_NOTIFY_URL (flows/orchestration/report.py). Cycles never overlap: the run
 lock in the target database skips (and records) a trigger that finds one running, whoever
 triggered it.
 """
@@ -25,8 +25,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
-from flows.config import DBT_PROJECT_DIR, PROJECT_ROOT, Target, load_settings
-from flows.cycle import (
+from flows.kernel.dbt_runner import DbtOutcome, dbt_environment, run_dbt, summarize
+from flows.kernel.settings import DBT_PROJECT_DIR, PROJECT_ROOT, Target, load_settings
+from flows.orchestration.report import failure_payload, new_anomalies, notify, run_markdown
+from flows.pipeline.cycle import (
     STEP_TIMEOUTS_S,
     CycleFailed,
     CycleResult,
@@ -36,8 +38,6 @@ from flows.cycle import (
     run_cycle,
     run_model_job,
 )
-from flows.dbt_runner import DbtOutcome, dbt_environment, run_dbt, summarize
-from flows.report import failure_payload, new_anomalies, notify, run_markdown
 
 T = TypeVar("T")
 log = logging.getLogger("water.flows")

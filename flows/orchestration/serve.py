@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from flows.config import PROJECT_ROOT, ConfigError
+from flows.kernel.settings import PROJECT_ROOT, ConfigError
 
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 # Values for `{{ $VAR }}` placeholders in prefect.yaml when the variable is unset.
@@ -100,8 +100,8 @@ def _fill_placeholders(value: Any, env: dict[str, str], path: Path) -> Any:
 def load_entrypoint(entrypoint: str):
     """The flow object of `path/to/module.py:name`, imported as a module of the project.
 
-    (Prefect's script loader would register flows/flows.py under the name `flows`, shadowing
-    the `flows` package; importing it as `flows.flows` keeps one copy of every module.)
+    (Prefect's script loader would register flows/orchestration/flows.py under the name `flows`, shadowing
+    the `flows` package; importing it as `flows.orchestration.flows` keeps one copy of every module.)
     """
     from prefect import Flow
 

@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from flows.config import Target
-from flows.cycle import run_cycle, run_model_job
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange
-from flows.loading import load_synthetic
-from flows.status import collect_status, format_status
-from flows.warehouse import connect
+from flows.loaders.loading import load_synthetic
+from flows.pipeline.cycle import run_cycle, run_model_job
+from flows.pipeline.status import collect_status, format_status
 
 
 def demo_faults(nodes: pd.DataFrame, days: float) -> tuple:
@@ -81,7 +81,7 @@ def run_demo(
         echo("3/4 skipping model training: it needs at least 28 days of history (--days 28)")
     publish = cycle.publish or {}
     if publish.get("status") == "published":
-        from flows.redis_conn import redis_endpoint
+        from flows.kernel.redis_conn import redis_endpoint
 
         echo(f"    published {publish['keys']} hot-cache key(s) to {redis_endpoint().describe()}")
     else:

@@ -1,0 +1,1 @@
+"""The `water` command (flows/cli/main.py) and the demo it runs."""

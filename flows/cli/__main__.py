@@ -1,0 +1,5 @@
+"""`python -m flows.cli ...` is the `water` command."""
+
+from flows.cli.main import main
+
+main()

@@ -1,0 +1,2 @@
+"""Prefect: the flows, the deployments `water serve` runs, run reports. The only package
+that imports prefect."""

@@ -1,0 +1,1 @@
+"""Publishing a cycle's results to Redis (atomic snapshot, TTL, cycle id)."""
