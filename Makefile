@@ -45,9 +45,10 @@ test: install  ## the whole suite (needs PostgreSQL and Redis on 127.0.0.1); the
 test-fast: install  ## pure functions and file checks only: no database, no dbt, no server (seconds)
 	$(BIN)/pytest -q tests/fast
 
-lint: install  ## ruff, ruff format, and sqlfluff on the dbt models (config: dbt_project/.sqlfluff)
+lint: install  ## ruff, ruff format, the import direction (.importlinter), sqlfluff on the dbt models
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/sqlfluff lint dbt_project/models --processes 0 --disable-progress-bar
 
 format: install

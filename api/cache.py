@@ -20,23 +20,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from flows.kernel.contracts import ANOMALIES_KEY, STATUS_KEY
+
 log = logging.getLogger(__name__)
 
-PREFIX = "water:"
-STATUS_KEY = "water:status"
-NODES_KEY = "water:nodes"
-ANOMALIES_KEY = "water:anomalies:recent"
-NETWORK_EFFICIENCY_KEY = "water:network:efficiency"
 # After a failure, skip Redis for this long before trying again.
 BACKOFF_S = 5.0
-
-
-def node_key(node_id: str, suffix: str) -> str:
-    return f"water:node:{node_id}:{suffix}"
-
-
-def district_efficiency_key(district: str) -> str:
-    return f"water:district:{district}:efficiency"
 
 
 class CacheUnavailable(RuntimeError):

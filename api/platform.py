@@ -15,13 +15,13 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from api import models_registry, queries
-from api.cache import NODES_KEY, CacheUnavailable
+from api.cache import CacheUnavailable
 from api.jsonable import now_utc, parse_iso
 from api.metrics import PlatformState
 from api.store import ReadOnlyWarehouse, open_readonly
 from api.trigger import cycle_lock_held
-from flows.kernel.warehouse import WarehouseError
-from flows.pipeline.jobs import is_duckdb_busy
+from flows.kernel.contracts import NODES_KEY
+from flows.kernel.warehouse import WarehouseError, is_duckdb_busy
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from typing import Any
 
 from api.jsonable import json_column, jsonable
 from api.store import ReadOnlyWarehouse
-from flows.kernel.settings import PUBLISHED_SCHEMA
 
 # The publisher's node-status rules, so the fallback answers exactly as the cache would.
-from flows.publish.publisher import (
+from flows.kernel.contracts import (
     ALERTING_SEVERITIES,
     ANOMALY_COLUMNS,
     ANOMALY_STATUS_LOOKBACK,
@@ -27,6 +26,7 @@ from flows.publish.publisher import (
     empty_efficiency_entry,
     node_status,
 )
+from flows.kernel.settings import PUBLISHED_SCHEMA
 
 S = PUBLISHED_SCHEMA
 

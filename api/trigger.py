@@ -7,7 +7,7 @@ records it in `processing_jobs.flow_run_id`; the run carries the tag `trigger:ap
 in a child process of its own (the cycle changes process-wide state such as dbt's environment,
 so it does not run in an API thread) and returns the job id it assigned.
 
-A cycle already in progress answers 409: the run lock of flows.pipeline.jobs is held (by any process,
+A cycle already in progress answers 409: the run lock (flows/pipeline/lock.py) is held (by any process,
 scheduled or triggered), or a run this API started has not taken the lock yet, or (Prefect) a
 flow run of the deployment is pending or running.
 """
@@ -25,11 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from api.jsonable import iso_utc, now_utc
 from api.settings import ApiSettings
+from flows.kernel.runtime import new_job_id
 from flows.kernel.settings import PROJECT_ROOT, Target
-from flows.pipeline.jobs import LOCK_FOR_JOB, lock_is_free, new_job_id
+from flows.pipeline.lock import LOCK_FOR_JOB, lock_is_free
 
 log = logging.getLogger(__name__)
 
@@ -156,72 +158,34 @@ class PrefectLauncher:
     async def busy_flow_run(self) -> str | None:
         """A flow run of the cycle deployment that is pending or running, or that this API
         created and that is still scheduled."""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterId,
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            FlowRunFilterTags,
-        )
-        from prefect.client.schemas.objects import StateType
+        # Imported when a Prefect server is configured: prefect costs seconds to import.
+        from flows.orchestration.trigger import active_flow_run
 
-        async with get_client() as client:
-            deployment = await client.read_deployment_by_name(self.deployment)
-            by_deployment = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-            active = await client.read_flow_runs(
-                deployment_filter=by_deployment,
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING])
-                    )
-                ),
-                limit=1,
-            )
-            if not active:
-                active = await client.read_flow_runs(
-                    deployment_filter=by_deployment,
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
-                        ),
-                        tags=FlowRunFilterTags(all_=[API_TRIGGER_TAG]),
-                    ),
-                    limit=1,
-                )
-        return str(active[0].id) if active else None
+        return await active_flow_run(self.deployment, API_TRIGGER_TAG)
 
     async def launch(self, triggered_by: str) -> Launch:
-        from prefect.deployments.flow_runs import arun_deployment
+        # Imported when a Prefect server is configured: prefect costs seconds to import.
+        from flows.orchestration.trigger import create_flow_run
 
-        flow_run = await arun_deployment(
-            self.deployment,
-            timeout=0,
-            tags=[API_TRIGGER_TAG],
-            parameters={"target": self.target.name},
-            as_subflow=False,
+        run_id = await create_flow_run(
+            self.deployment, API_TRIGGER_TAG, {"target": self.target.name}
         )
-        log.info("cycle flow run %s created for %s", flow_run.id, triggered_by)
-        return Launch(job_id=str(flow_run.id), flow_run_id=str(flow_run.id))
+        log.info("cycle flow run %s created for %s", run_id, triggered_by)
+        return Launch(job_id=run_id, flow_run_id=run_id)
 
     async def pending_job(self, job_id: str) -> dict[str, Any] | None:
         """A flow run not yet recorded in processing_jobs (scheduled, pending, or just started)."""
-        from uuid import UUID
-
-        from prefect.client.orchestration import get_client
-        from prefect.exceptions import ObjectNotFound
+        # Imported when a Prefect server is configured: prefect costs seconds to import.
+        from flows.orchestration.trigger import read_flow_run
 
         try:
             run_id = UUID(job_id)
         except ValueError:
             return None
-        async with get_client() as client:
-            try:
-                run = await client.read_flow_run(run_id)
-            except ObjectNotFound:
-                return None
-        state = run.state.type.value.lower() if run.state else "scheduled"
+        run = await read_flow_run(run_id)
+        if run is None:
+            return None
+        state = run.state_type or "scheduled"
         status = {
             "scheduled": "queued",
             "pending": "queued",
@@ -233,7 +197,7 @@ class PrefectLauncher:
             "job_type": "cycle",
             "status": status,
             "flow_run_id": job_id,
-            "prefect_state": run.state.name if run.state else None,
+            "prefect_state": run.state_name,
             "created_at": iso_utc(run.created) if run.created else None,
             "started_at": iso_utc(run.start_time) if run.start_time else None,
         }

@@ -18,8 +18,8 @@ import pandas as pd
 from api import models_registry, queries
 from api.store import ReadOnlyWarehouse
 from expectations.gate import run_verdict
+from flows.kernel.contracts import NETWORK_DISTRICT, SERIES_COLUMNS
 from flows.kernel.settings import PUBLISHED_SCHEMA
-from flows.publish.publisher import NETWORK_DISTRICT, SERIES_COLUMNS
 from ml.metrics import point_metrics
 
 S = PUBLISHED_SCHEMA

@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from flows.kernel.dbt_runner import DbtError
+from flows.kernel.runtime import new_job_id
 from flows.kernel.settings import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
 from flows.kernel.warehouse import Warehouse, WarehouseError, connect
 
@@ -728,9 +729,7 @@ def gate(
 
 
 def new_run_id() -> str:
-    from flows.pipeline.cycle import new_cycle_id
-
-    return "validate-" + new_cycle_id()
+    return "validate-" + new_job_id()
 
 
 def run_suites(

@@ -25,7 +25,7 @@ from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from flows.publish.publisher import ANOMALY_COLUMNS  # the anomalies contract, one definition
+from flows.kernel.contracts import ANOMALY_COLUMNS  # the anomalies contract, one definition
 from ml.features import (
     ANOMALY_FEATURES,
     CATEGORICAL_FEATURES,

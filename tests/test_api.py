@@ -40,7 +40,7 @@ from flows.kernel.warehouse import connect
 from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig
 from flows.pipeline.cycle import run_cycle
-from flows.pipeline.jobs import LOCK_FOR_JOB, RunLock
+from flows.pipeline.lock import LOCK_FOR_JOB, RunLock
 from tests.orch_support import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/12"

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.settings import ApiConfigError, load_api_settings
 from flows.cli.main import main as water
-from flows.pipeline.jobs import LOCK_FOR_JOB, RunLock
+from flows.pipeline.lock import LOCK_FOR_JOB, RunLock
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"  # 40 bytes, test only
 # The API tests' own Redis database (tests/test_api.py publishes there); emptied per test here.

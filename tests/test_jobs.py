@@ -17,19 +17,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flows.kernel.settings import PROJECT_ROOT
+from flows.kernel.warehouse import open_warehouse
 from flows.pipeline.jobs import (
-    RunLock,
     ensure_job_tables,
     fail_abandoned_jobs,
     finish_job,
-    lock_holder_note,
-    lock_is_free,
-    open_warehouse,
-    read_watermark,
     record_skipped,
     running_jobs,
     start_job,
 )
+from flows.pipeline.lock import RunLock, lock_holder_note, lock_is_free
+from flows.pipeline.watermark import read_watermark
 from tests.orch_support import wait_for
 
 SEED_RECENT_JOBS = """

@@ -18,11 +18,12 @@ import pytest
 
 from api.queries import efficiency as api_efficiency
 from api.store import open_readonly
+from flows.kernel.contracts import NETWORK_DISTRICT, NETWORK_EFFICIENCY_KEY, district_key
 from flows.kernel.dbt_runner import run_dbt
 from flows.kernel.warehouse import connect
 from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig, generate, node_metadata
-from flows.publish.publisher import NETWORK_DISTRICT, NETWORK_EFFICIENCY_KEY, district_key, publish
+from flows.publish.publisher import publish
 from tests.orch_support import RedisServer
 from tests.warehouses import fresh_warehouse
 

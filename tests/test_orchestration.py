@@ -13,14 +13,14 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 
+from flows.kernel.contracts import STATUS_KEY
 from flows.kernel.settings import PROJECT_ROOT, Target
-from flows.kernel.warehouse import connect
+from flows.kernel.warehouse import connect, open_warehouse
 from flows.loaders.files import DateRange, load_files
 from flows.loaders.synthetic import Fault
 from flows.orchestration.serve import build_deployments, deployment_specs, load_entrypoint
 from flows.pipeline.cycle import day_chunks, run_backfill, run_cycle
-from flows.pipeline.jobs import open_warehouse, read_watermark
-from flows.publish.publisher import STATUS_KEY
+from flows.pipeline.watermark import read_watermark
 from tests.orch_support import (
     ExtraDatabase,
     RedisServer,

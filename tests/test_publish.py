@@ -17,6 +17,7 @@ import orjson
 import pandas as pd
 import pytest
 
+from flows.kernel.contracts import ANOMALIES_KEY, KEYS_KEY, NODES_KEY, SERIES_COLUMNS, STATUS_KEY
 from flows.kernel.redis_conn import (
     REDIS_CONNECT_TIMEOUT_S,
     REDIS_SOCKET_TIMEOUT_S,
@@ -24,20 +25,12 @@ from flows.kernel.redis_conn import (
     embedded_url,
     redis_endpoint,
 )
-from flows.kernel.warehouse import connect
+from flows.kernel.warehouse import connect, open_warehouse
 from flows.loaders.files import load_files
 from flows.loaders.synthetic import Fault
 from flows.pipeline.cycle import PUBLISH_RETRIES, CycleFailed, run_cycle
-from flows.pipeline.jobs import open_warehouse, read_watermark
-from flows.publish.publisher import (
-    ANOMALIES_KEY,
-    KEYS_KEY,
-    NODES_KEY,
-    SERIES_COLUMNS,
-    STATUS_KEY,
-    Snapshot,
-    write_snapshot,
-)
+from flows.pipeline.watermark import read_watermark
+from flows.publish.publisher import Snapshot, write_snapshot
 from tests.orch_support import RedisServer, register_nodes, synthetic_frame, write_parquet
 
 NODES = 6

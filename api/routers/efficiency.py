@@ -8,14 +8,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from api import queries
-from api.cache import NETWORK_EFFICIENCY_KEY, Cache, CacheUnavailable
+from api.cache import Cache, CacheUnavailable
 from api.common import PROBLEMS, in_database
 from api.schemas import EfficiencyResponse
+from flows.kernel.contracts import (
+    DISTRICT_KEY_PREFIX,
+    KEYS_KEY,
+    NETWORK_EFFICIENCY_KEY,
+    district_of_key,
+)
 
 router = APIRouter(tags=["network"])
-
-KEYS_KEY = "water:keys"
-DISTRICT_KEY_PREFIX = "water:district:"
 
 
 async def _from_cache(cache: Cache) -> dict[str, Any]:
@@ -27,7 +30,7 @@ async def _from_cache(cache: Cache) -> dict[str, Any]:
         if json.loads(status_raw).get("cycle_id") != snapshot.cycle_id:
             continue
         districts = [
-            {"district": key[len(DISTRICT_KEY_PREFIX) : -len(":efficiency")], **json.loads(value)}
+            {"district": district_of_key(key), **json.loads(value)}
             for key, value in zip(district_keys, values, strict=True)
             if value is not None
         ]

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from api import queries
-from api.cache import NODES_KEY, Cache, CacheUnavailable, Snapshot, node_key
+from api.cache import Cache, CacheUnavailable, Snapshot
 from api.common import (
     NOT_FOUND,
     PROBLEMS,
@@ -29,11 +29,12 @@ from api.schemas import (
     PredictionsResponse,
     TimeWindow,
 )
+from flows.kernel.contracts import NODES_KEY, SERIES_HOURS, node_key
 
 router = APIRouter(tags=["nodes"])
 
 # The cache holds the last 24 h of 5-minute rows per node (Redis contract).
-CACHED_SERIES_SPAN = timedelta(hours=24)
+CACHED_SERIES_SPAN = timedelta(hours=SERIES_HOURS)
 DEFAULT_SPAN = {"5min": timedelta(hours=24), "1hour": timedelta(days=7), "1day": timedelta(days=90)}
 MAX_SPAN = {"5min": timedelta(days=7), "1hour": timedelta(days=92), "1day": timedelta(days=1830)}
 WindowParam = Annotated[TimeWindow, Query(description="Window width: 5min, 1hour or 1day.")]

@@ -24,7 +24,6 @@ from flows.kernel.settings import PROJECT_ROOT, ConfigError
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "water:"
 DEFAULT_TTL_S = 6 * 3600
 DEFAULT_EMBEDDED_PATH = PROJECT_ROOT / "data" / "redis" / "water.rdb"
 

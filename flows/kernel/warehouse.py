@@ -8,7 +8,9 @@ file, and dbt opens the same file while a cycle runs.
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -20,6 +22,8 @@ import psycopg
 from flows.kernel.settings import Target
 
 _NAMED = re.compile(r"%\((\w+)\)s")
+# DuckDB lets one process at a time open the file; another writer is transient, so wait.
+DUCKDB_BUSY_WAIT_S = float(os.environ.get("WATER_DUCKDB_BUSY_WAIT_S", "60"))
 
 
 class WarehouseError(RuntimeError):
@@ -157,3 +161,40 @@ def connect(target: Target) -> Warehouse:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_duckdb_busy(exc: BaseException) -> bool:
+    """DuckDB refused to open the file because another process holds it."""
+    text = str(exc)
+    return "Could not set lock on file" in text or "Conflicting lock" in text
+
+
+@contextmanager
+def open_warehouse(target: Target, busy_wait_s: float | None = None) -> Iterator[Warehouse]:
+    """`connect(target)` that waits (with backoff) while another process holds a DuckDB file."""
+    if target.type not in ("duckdb", "postgres"):
+        raise WarehouseError(
+            f"job tracking and the run lock need a duckdb or postgres target, not {target.type}"
+        )
+    deadline = time.monotonic() + (DUCKDB_BUSY_WAIT_S if busy_wait_s is None else busy_wait_s)
+    delay = 0.05
+    while True:
+        try:
+            wh = connect(target)
+            break
+        except WarehouseError as exc:
+            if not is_duckdb_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    try:
+        yield wh
+    finally:
+        wh.close()
+
+
+def in_list(column: str, param: str, engine: str) -> str:
+    """SQL for "column is one of the strings in list parameter `param`", per engine."""
+    if engine == "postgres":
+        return f"{column} = any(cast(%({param})s as text[]))"
+    return f"list_contains(%({param})s, {column})"

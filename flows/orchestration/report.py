@@ -21,7 +21,7 @@ GATE_STEPS = ("raw_gate", "marts_gate")
 
 def new_anomalies(target: Target, since) -> dict[str, int]:
     """Anomalies first detected at or after `since`, by severity ({} before the mart exists)."""
-    from flows.pipeline.jobs import open_warehouse
+    from flows.kernel.warehouse import open_warehouse
 
     with open_warehouse(target) as wh:
         if not wh.relation_exists(PUBLISHED_SCHEMA, "anomalies"):

@@ -37,28 +37,22 @@ import redis
 from flows.kernel import progress
 from flows.kernel.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
 from flows.kernel.raw_store import ensure_raw_tables
+from flows.kernel.runtime import new_job_id, utcnow
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
-from flows.kernel.warehouse import WarehouseError
+from flows.kernel.warehouse import WarehouseError, is_duckdb_busy, open_warehouse
 from flows.pipeline.jobs import (
-    LOCK_FOR_JOB,
-    METADATA_WATERMARK_KEY,
     Job,
-    RunLock,
     checkpoint_chunk,
-    completed_chunks,
     ensure_job_tables,
     fail_abandoned_jobs,
     finish_job,
-    is_duckdb_busy,
-    new_job_id,
     note_progress,
-    open_warehouse,
-    read_watermark,
     record_skipped,
     running_jobs,
     start_job,
-    utcnow,
 )
+from flows.pipeline.lock import LOCK_FOR_JOB, RunLock
+from flows.pipeline.watermark import METADATA_WATERMARK_KEY, completed_chunks, read_watermark
 
 log = logging.getLogger("water.cycle")
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""Job records, the run lock and the cycle watermark, all kept in the target database.
+"""Job records kept in the target database (the run lock: lock.py; the watermark: watermark.py).
 
 * `water_infrastructure.processing_jobs`: one row per cycle, backfill, evaluation and
   retraining (running -> completed | failed; `skipped` for a trigger that found another run
@@ -16,40 +16,27 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import socket
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
+from flows.kernel.runtime import new_job_id, runner_id, utcnow
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
-from flows.kernel.warehouse import Warehouse, WarehouseError, connect
+from flows.kernel.warehouse import Warehouse, in_list
+from flows.pipeline.lock import LOCK_FOR_JOB, lock_is_free
+from flows.pipeline.watermark import (
+    METADATA_WATERMARK_KEY,
+    advance_watermark,
+    read_watermark,
+    record_backfill_chunk,
+)
 
 JOB_TYPES = ("cycle", "backfill", "evaluation", "retraining")
 JOB_STATUSES = ("running", "completed", "failed", "skipped")
-# Jobs that must not overlap share a lock. Cycles and backfills both load raw and run dbt.
-LOCK_FOR_JOB = {
-    "cycle": "warehouse",
-    "backfill": "warehouse",
-    "evaluation": "models",
-    "retraining": "models",
-}
-WATERMARK_KEY = "cycle_watermark"
-# Node metadata changes also need a dbt run (the nodes mart), even without new readings.
-METADATA_WATERMARK_KEY = "node_metadata_watermark"
-
-# DuckDB lets one process at a time open the file; another writer is transient, so wait.
-DUCKDB_BUSY_WAIT_S = float(os.environ.get("WATER_DUCKDB_BUSY_WAIT_S", "60"))
-
 _DDL = {
     "postgres": [
         f"create schema if not exists {PUBLISHED_SCHEMA}",
@@ -126,51 +113,6 @@ _DDL = {
 }
 
 
-class JobError(RuntimeError):
-    """Job bookkeeping is not possible on this target."""
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def runner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# --------------------------------------------------------------------------- connections
-
-
-def is_duckdb_busy(exc: BaseException) -> bool:
-    """DuckDB refused to open the file because another process holds it."""
-    text = str(exc)
-    return "Could not set lock on file" in text or "Conflicting lock" in text
-
-
-@contextmanager
-def open_warehouse(target: Target, busy_wait_s: float | None = None) -> Iterator[Warehouse]:
-    """`connect(target)` that waits (with backoff) while another process holds a DuckDB file."""
-    if target.type not in ("duckdb", "postgres"):
-        raise JobError(
-            f"job tracking and the run lock need a duckdb or postgres target, not {target.type}"
-        )
-    deadline = time.monotonic() + (DUCKDB_BUSY_WAIT_S if busy_wait_s is None else busy_wait_s)
-    delay = 0.05
-    while True:
-        try:
-            wh = connect(target)
-            break
-        except WarehouseError as exc:
-            if not is_duckdb_busy(exc) or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    try:
-        yield wh
-    finally:
-        wh.close()
-
-
 def ensure_job_tables(wh: Warehouse) -> None:
     """Create the bookkeeping tables if missing (idempotent)."""
     if wh.type == "postgres":
@@ -182,138 +124,6 @@ def ensure_job_tables(wh: Warehouse) -> None:
         return
     for statement in _DDL["duckdb"]:
         wh.execute(statement)
-
-
-# --------------------------------------------------------------------------- the run lock
-
-
-class RunLock:
-    """An exclusive lock named per job family, released by the OS if the process dies.
-
-    PostgreSQL: a session-level advisory lock on a dedicated connection. DuckDB: `flock` on
-    `<warehouse file>.<name>.lock`, whose content tells `water status` who holds it and
-    which step it is in.
-    """
-
-    def __init__(self, target: Target, name: str):
-        self.target = target
-        self.name = name
-        self._conn: psycopg.Connection | None = None
-        self._fd: int | None = None
-        self.held = False
-
-    @property
-    def path(self) -> Path:
-        assert self.target.duckdb_path is not None
-        return self.target.duckdb_path.with_name(f"{self.target.duckdb_path.name}.{self.name}.lock")
-
-    def acquire(self, wait_s: float = 0.0) -> bool:
-        deadline = time.monotonic() + wait_s
-        while True:
-            if self._try_acquire():
-                self.held = True
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(min(0.5, max(0.05, deadline - time.monotonic())))
-
-    def _try_acquire(self) -> bool:
-        if self.target.type == "postgres":
-            if self._conn is None:
-                try:
-                    self._conn = psycopg.connect(
-                        autocommit=True,
-                        connect_timeout=10,
-                        application_name=f"water {self.name} lock",
-                        # A host that vanishes is noticed within ~1 min, freeing the lock.
-                        keepalives=1,
-                        keepalives_idle=20,
-                        keepalives_interval=5,
-                        keepalives_count=6,
-                        **self.target.pg_dsn_parts,
-                    )
-                except psycopg.Error as exc:
-                    raise WarehouseError(
-                        f"cannot connect to {self.target.describe()}: {str(exc).strip().splitlines()[0]}"
-                    ) from exc
-            row = self._conn.execute(
-                "select pg_try_advisory_lock(hashtext(%(k)s))", {"k": f"water.run.{self.name}"}
-            ).fetchone()
-            return bool(row and row[0])
-        if self.target.type == "duckdb":
-            if self._fd is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-        raise JobError(f"no run lock for target {self.target.type}")
-
-    def note(self, **info: Any) -> None:
-        """DuckDB: record who holds the lock and what it is doing (read by status/tests)."""
-        if self._fd is None or not self.held:
-            return
-        payload = json.dumps(
-            {"runner": runner_id(), "at": utcnow().isoformat(), **info}, default=str
-        )
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, payload.encode(), 0)
-
-    def release(self) -> None:
-        if self._conn is not None:
-            try:
-                if self.held:
-                    self._conn.execute(
-                        "select pg_advisory_unlock(hashtext(%(k)s))",
-                        {"k": f"water.run.{self.name}"},
-                    )
-            except psycopg.Error:
-                pass  # closing the session below releases it anyway
-            finally:
-                self._conn.close()
-                self._conn = None
-        if self._fd is not None:
-            if self.held:
-                os.ftruncate(self._fd, 0)
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-        self.held = False
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def lock_holder_note(target: Target, name: str) -> dict[str, Any] | None:
-    """DuckDB: what the current lock holder last noted (None when free or unknown)."""
-    if target.type != "duckdb":
-        return None
-    probe = RunLock(target, name)
-    if not probe.path.exists():
-        return None
-    try:
-        if probe.acquire(0):
-            return None
-        text = probe.path.read_text()
-        return json.loads(text) if text.strip() else {}
-    except (OSError, ValueError):
-        return {}
-    finally:
-        probe.release()
-
-
-def lock_is_free(target: Target, name: str) -> bool:
-    """True when nobody holds the lock right now (probe: take and release it)."""
-    probe = RunLock(target, name)
-    try:
-        return probe.acquire(0)
-    finally:
-        probe.release()
 
 
 # --------------------------------------------------------------------------- job rows
@@ -332,10 +142,6 @@ class Job:
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self._t0
-
-
-def new_job_id() -> str:
-    return str(uuid.uuid4())
 
 
 def start_job(
@@ -486,13 +292,6 @@ def record_skipped(
     return job_id
 
 
-def in_list(column: str, param: str, engine: str) -> str:
-    """SQL for "column is one of the strings in list parameter `param`", per engine."""
-    if engine == "postgres":
-        return f"{column} = any(cast(%({param})s as text[]))"
-    return f"list_contains(%({param})s, {column})"
-
-
 def running_jobs(wh: Warehouse, job_types: Sequence[str]) -> list[dict[str, Any]]:
     rows = wh.query(
         f"select job_id, job_type, started_at, runner, triggered_by from {PUBLISHED_SCHEMA}.processing_jobs"
@@ -529,59 +328,6 @@ def _seconds_between(start: str, end: str, engine: str) -> str:
     if engine == "postgres":
         return f"extract(epoch from ({end}::timestamptz - {start}))"
     return f"epoch({end}::timestamptz) - epoch({start})"
-
-
-# --------------------------------------------------------------------------- watermark
-
-
-def read_watermark(wh: Warehouse, key: str = WATERMARK_KEY) -> datetime | None:
-    return wh.scalar(
-        f"select watermark from {PUBLISHED_SCHEMA}.pipeline_state where state_key = %(k)s",
-        {"k": key},
-    )
-
-
-def advance_watermark(
-    wh: Warehouse, watermark: datetime, job_id: str, key: str = WATERMARK_KEY
-) -> None:
-    """Move the watermark forward (never back), inside the caller's transaction."""
-    wh.execute(
-        f"insert into {PUBLISHED_SCHEMA}.pipeline_state (state_key, watermark, job_id, updated_at)"
-        " values (%(k)s, %(w)s, %(job_id)s, %(now)s)"
-        " on conflict (state_key) do update set"
-        " watermark = greatest(pipeline_state.watermark, excluded.watermark),"
-        " job_id = excluded.job_id, updated_at = excluded.updated_at",
-        {"k": key, "w": watermark, "job_id": job_id, "now": utcnow()},
-    )
-
-
-# --------------------------------------------------------------------------- backfill chunks
-
-
-def completed_chunks(wh: Warehouse, backfill_key: str) -> set[date]:
-    rows = wh.query(
-        f"select chunk_start from {PUBLISHED_SCHEMA}.backfill_chunks where backfill_key = %(k)s",
-        {"k": backfill_key},
-    )
-    return {r[0] if isinstance(r[0], date) else date.fromisoformat(str(r[0])) for r in rows}
-
-
-def record_backfill_chunk(
-    wh: Warehouse, job_id: str, backfill_key: str, chunk_start: date, chunk_end: date, rows_in: int
-) -> None:
-    wh.execute(
-        f"insert into {PUBLISHED_SCHEMA}.backfill_chunks (backfill_key, chunk_start, chunk_end, job_id,"
-        " rows_in, completed_at) values (%(k)s, %(s)s, %(e)s, %(job_id)s, %(rows)s, %(now)s)"
-        " on conflict (backfill_key, chunk_start) do nothing",
-        {
-            "k": backfill_key,
-            "s": chunk_start,
-            "e": chunk_end,
-            "job_id": job_id,
-            "rows": rows_in,
-            "now": utcnow(),
-        },
-    )
 
 
 # --------------------------------------------------------------------------- reading jobs

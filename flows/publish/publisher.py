@@ -30,69 +30,34 @@ import pyarrow.compute as pc
 import redis
 from pyarrow import csv as pa_csv
 
+from flows.kernel.contracts import (
+    ALERTING_SEVERITIES,
+    ANOMALIES_KEY,
+    ANOMALY_COLUMNS,
+    ANOMALY_DAYS,
+    ANOMALY_STATUS_LOOKBACK,
+    EFFICIENCY_LATEST,
+    EFFICIENCY_LATEST_SQL,
+    KEYS_KEY,
+    NETWORK_DISTRICT,
+    NETWORK_EFFICIENCY_KEY,
+    NODES_KEY,
+    SCHEMA_VERSION,
+    SERIES_COLUMNS,
+    SERIES_HOURS,
+    STATUS_KEY,
+    district_key,
+    efficiency_entries,
+    node_key,
+    node_status,
+)
 from flows.kernel.redis_conn import cache_ttl_seconds, connect_redis
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
-from flows.kernel.warehouse import Warehouse
-from flows.pipeline.jobs import in_list, open_warehouse
+from flows.kernel.warehouse import Warehouse, in_list, open_warehouse
 
 S = PUBLISHED_SCHEMA
-SCHEMA_VERSION = 1
-STATUS_KEY = "water:status"
-NODES_KEY = "water:nodes"
-KEYS_KEY = "water:keys"
-ANOMALIES_KEY = "water:anomalies:recent"
-NETWORK_EFFICIENCY_KEY = "water:network:efficiency"
-# network_efficiency's row for the whole network (its other rows are districts).
-NETWORK_DISTRICT = "(network)"
-
-SERIES_HOURS = 24
-ANOMALY_DAYS = 7
-STALE_AFTER = timedelta(minutes=15)
-ANOMALY_STATUS_LOOKBACK = timedelta(hours=1)
-ALERTING_SEVERITIES = ("critical", "warning")
-ANOMALY_COLUMNS = (
-    "anomaly_id",
-    "node_id",
-    "district",
-    "window_start",
-    "detected_at",
-    "anomaly_type",
-    "severity",
-    "measurement_type",
-    "actual_value",
-    "expected_value",
-    "deviation_percentage",
-    "detection_method",
-    "details",
-)
-FORECAST_HOURS = 24
-# A series row carries what a dashboard plots; the full row is in `...:latest` and the API.
-SERIES_COLUMNS = (
-    "window_start",
-    "window_end",
-    "reading_count",
-    "avg_flow_rate",
-    "min_flow_rate",
-    "max_flow_rate",
-    "avg_pressure",
-    "min_pressure",
-    "max_pressure",
-    "avg_temperature",
-    "total_volume",
-    "anomaly_count",
-    "quality_score",
-)
-
 _JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
 _NAMED = re.compile(r"%\((\w+)\)s")
-
-
-def node_key(node_id: str, suffix: str) -> str:
-    return f"water:node:{node_id}:{suffix}"
-
-
-def district_key(district: str) -> str:
-    return f"water:district:{district}:efficiency"
 
 
 @dataclass
@@ -253,17 +218,6 @@ def build_snapshot(
     return snap
 
 
-def node_status(last_reading_at: datetime | None, alerting: bool, now: datetime) -> str:
-    """ok | stale | anomaly | no_data (the Redis contract's rules)."""
-    if last_reading_at is None:
-        return "no_data"
-    if alerting:
-        return "anomaly"
-    if now - last_reading_at > STALE_AFTER:
-        return "stale"
-    return "ok"
-
-
 def _recent_anomalies(wh: Warehouse, now: datetime, snap: Snapshot) -> list[dict[str, Any]]:
     if not wh.relation_exists(S, "anomalies"):
         snap.skipped["anomalies"] = f"{S}.anomalies does not exist yet"
@@ -299,32 +253,6 @@ def _forecasts(wh: Warehouse, now: datetime, snap: Snapshot) -> dict[str, list[d
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         out[row.pop("node_id")].append(row)
-    return out
-
-
-# network_efficiency_latest holds, per area and time_window, the latest complete period and
-# the open one (period_status complete | partial); the API's database fallback reads it too.
-EFFICIENCY_LATEST = "network_efficiency_latest"
-EFFICIENCY_LATEST_SQL = f"select * from {S}.{EFFICIENCY_LATEST} order by district, time_window"
-_EFFICIENCY_PERIODS = {
-    ("1hour", "complete"): "hourly",
-    ("1day", "complete"): "daily",
-    ("1hour", "partial"): "hourly_partial",
-    ("1day", "partial"): "daily_partial",
-}
-
-
-def empty_efficiency_entry() -> dict[str, Any]:
-    return dict.fromkeys(_EFFICIENCY_PERIODS.values())
-
-
-def efficiency_entries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """district -> {hourly, daily, hourly_partial, daily_partial}: the latest complete hour
-    and day, and the open hour and day so far (None when there is none)."""
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        entry = out.setdefault(row["district"], empty_efficiency_entry())
-        entry[_EFFICIENCY_PERIODS[(row["time_window"], row["period_status"])]] = row
     return out
 
 

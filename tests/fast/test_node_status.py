@@ -14,7 +14,7 @@ import pytest
 
 from api.platform import DatabaseView, PlatformView
 from api.routers.status import assess
-from flows.publish.publisher import node_status
+from flows.kernel.contracts import node_status
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 US = timedelta(microseconds=1)
