@@ -14,6 +14,7 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -107,7 +108,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
 
 def _jsonable_errors(errors: list[dict]) -> list[dict]:
-    from fastapi.encoders import jsonable_encoder
 
     try:
         return jsonable_encoder(errors)

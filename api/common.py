@@ -13,9 +13,9 @@ from fastapi import HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 
-from api.jsonable import parse_iso
 from api.schemas import ProblemResponse
 from api.store import open_readonly
+from flows.kernel.jsonable import parse_iso
 from flows.kernel.warehouse import WarehouseError
 
 log = logging.getLogger(__name__)

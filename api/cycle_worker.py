@@ -15,6 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+from flows.kernel.settings import load_settings
+from flows.pipeline.cycle import run_cycle
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="api.cycle_worker")
@@ -22,9 +25,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--triggered-by", required=True)
     parser.add_argument("--result", required=True, type=Path)
     args = parser.parse_args(argv)
-
-    from flows.kernel.settings import load_settings
-    from flows.pipeline.cycle import run_cycle
 
     outcome = {"job_id": args.job_id, "status": "failed", "message": ""}
     try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.jsonable import jsonable
 from api.store import ReadOnlyWarehouse
+from flows.kernel.jsonable import jsonable
 from flows.kernel.settings import PUBLISHED_SCHEMA
+from ml.registry import list_models
 
 S = PUBLISHED_SCHEMA
 EVALUATION_SCORES = ("rmse", "mae", "mape", "mase", "interval_coverage", "drift_score")
@@ -38,7 +39,6 @@ def models(wh: ReadOnlyWarehouse) -> list[dict[str, Any]] | None:
     the latest daily evaluation's scores, else the holdout metrics from training."""
     if not wh.relation_exists(S, "ml_models"):
         return None
-    from ml.registry import list_models
 
     evaluations = _latest_evaluations(wh)
     out = []

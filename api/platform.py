@@ -16,11 +16,11 @@ from starlette.concurrency import run_in_threadpool
 
 from api import models_registry, queries
 from api.cache import CacheUnavailable
-from api.jsonable import now_utc, parse_iso
 from api.metrics import PlatformState
 from api.store import ReadOnlyWarehouse, open_readonly
 from api.trigger import cycle_lock_held
 from flows.kernel.contracts import NODES_KEY
+from flows.kernel.jsonable import now_utc, parse_iso
 from flows.kernel.warehouse import WarehouseError, is_duckdb_busy
 
 log = logging.getLogger(__name__)

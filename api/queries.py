@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from api.jsonable import json_column, jsonable
 from api.store import ReadOnlyWarehouse
 
 # The publisher's node-status rules, so the fallback answers exactly as the cache would.
@@ -26,6 +25,7 @@ from flows.kernel.contracts import (
     empty_efficiency_entry,
     node_status,
 )
+from flows.kernel.jsonable import json_column, jsonable
 from flows.kernel.settings import PUBLISHED_SCHEMA
 
 S = PUBLISHED_SCHEMA

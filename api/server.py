@@ -7,7 +7,11 @@ import gc
 import logging
 from collections.abc import Callable
 
+import uvicorn
+
+from api.app import create_app
 from api.settings import load_api_settings
+from flows.kernel.redis_conn import embedded_url, redis_endpoint
 
 log = logging.getLogger("water.api")
 
@@ -20,10 +24,6 @@ def serve(
     access_log: bool = False,
     echo: Callable[[str], None] = print,
 ) -> None:
-    import uvicorn
-
-    from api.app import create_app
-    from flows.kernel.redis_conn import embedded_url, redis_endpoint
 
     settings = load_api_settings(target_name=target_name, insecure_no_auth=insecure_no_auth)
     if settings.redis_url is None:

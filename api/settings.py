@@ -12,6 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from flows.kernel.contracts import FRESHNESS_LAG
 from flows.kernel.settings import ConfigError, Settings, Target, load_settings
 
 # RFC 7518 3.2: an HMAC key must be at least as long as the hash output (256 bits for HS256).
@@ -52,7 +56,7 @@ class ApiSettings:
     trigger_rate: RateLimit = RateLimit(6, 60)
     prefect_api_url: str | None = None
     cycle_deployment: str = "processing-cycle/on-demand"
-    stale_after_s: int = 3600
+    stale_after_s: int = int(FRESHNESS_LAG.total_seconds())
     cache_ttl_hint_s: int = 21600
 
     @property
@@ -120,9 +124,6 @@ def _jwt_key(env: dict[str, str]) -> tuple[str | None, str | None]:
             )
         return secret, "HS256"
     if public:
-        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
         pem = _public_key(public)
         try:
             key = load_pem_public_key(pem.encode())
@@ -181,6 +182,8 @@ def load_api_settings(
         trigger_rate=parse_rate(rate_text) if rate_text else RateLimit(6, 60),
         prefect_api_url=env.get("PREFECT_API_URL") or None,
         cycle_deployment=env.get("WATER_CYCLE_DEPLOYMENT") or "processing-cycle/on-demand",
-        stale_after_s=_positive_int(env, "WATER_API_STALE_AFTER_S", 3600),
+        stale_after_s=_positive_int(
+            env, "WATER_API_STALE_AFTER_S", int(FRESHNESS_LAG.total_seconds())
+        ),
         cache_ttl_hint_s=_positive_int(env, "WATER_REDIS_TTL_S", 21600),
     )

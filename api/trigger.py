@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from api.jsonable import iso_utc, now_utc
 from api.settings import ApiSettings
+from flows.kernel.jsonable import iso_utc, now_utc
 from flows.kernel.runtime import new_job_id
 from flows.kernel.settings import PROJECT_ROOT, Target
 from flows.pipeline.lock import LOCK_FOR_JOB, lock_is_free

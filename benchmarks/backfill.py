@@ -144,7 +144,7 @@ def run_step(step: str, args: list[str]) -> None:
         # The windowed-metrics part of a cycle: what the reference statement computes too.
         from flows.kernel.dbt_runner import run_dbt
         from flows.kernel.settings import load_settings
-        from flows.pipeline.cycle import prepare_target
+        from flows.pipeline.run import prepare_target
 
         target = load_settings().target()
         prepare_target(target)

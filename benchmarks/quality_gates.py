@@ -47,7 +47,7 @@ from flows.kernel.warehouse import connect  # noqa: E402
 from flows.loaders.files import DateRange  # noqa: E402
 from flows.loaders.loading import load_synthetic  # noqa: E402
 from flows.loaders.synthetic import SyntheticConfig  # noqa: E402
-from flows.pipeline.cycle import prepare_target  # noqa: E402
+from flows.pipeline.run import prepare_target  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 START = datetime(2024, 5, 6, tzinfo=UTC)

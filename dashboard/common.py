@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from api.store import open_readonly
+from dashboard import data
 from flows.kernel.settings import ConfigError, Target, load_settings
 from flows.kernel.warehouse import WarehouseError
 
@@ -26,7 +27,6 @@ def target() -> Target:
 @st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
 def _cached(description: str, name: str, args: tuple) -> Any:
     """`description` (the target) keys the cache; the reader is looked up by name."""
-    from dashboard import data
 
     with open_readonly(target()) as wh:
         return getattr(data, name)(wh, *args)

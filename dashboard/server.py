@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from api.store import open_readonly
 from flows.kernel.settings import DASHBOARD_PORT, Target
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -58,7 +59,6 @@ def serve(
     echo: Callable[[str], None] = print,
 ) -> None:
     """Replace this process with Streamlit's server (signals and exit code are then its own)."""
-    from api.store import open_readonly
 
     # Fail here, in one line, rather than on every page: the warehouse must be readable.
     open_readonly(target).close()

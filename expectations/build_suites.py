@@ -35,6 +35,7 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
 import great_expectations as gx  # noqa: E402
 import great_expectations.expectations as gxe  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
 from expectations.gate import (  # noqa: E402
@@ -496,7 +497,6 @@ def _result_format(name: str) -> dict[str, Any]:
 
 
 def _sync_settings(context: Any) -> list[str]:
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     changes = []
     progress_bars = context.variables.progress_bars

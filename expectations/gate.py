@@ -33,7 +33,8 @@ from typing import Any
 
 import pandas as pd
 
-from flows.kernel.dbt_runner import DbtError
+from flows.kernel import progress
+from flows.kernel.dbt_runner import DbtError, run_dbt
 from flows.kernel.runtime import new_job_id
 from flows.kernel.settings import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
 from flows.kernel.warehouse import Warehouse, WarehouseError, connect
@@ -387,6 +388,7 @@ def postgres_runtime_environment(target: Target, since: datetime) -> dict[str, s
 def gx_context(runtime_environment: dict[str, str] | None = None) -> Iterator[Any]:
     """The committed file context, with analytics off and SQL engines closed afterwards."""
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
+    # GX takes seconds to import; only a validation needs it (`water status` stays fast).
     import great_expectations as gx
 
     root = gx_project_root()
@@ -420,7 +422,6 @@ def _ensure_staging_view(target: Target) -> None:
 
     It is a view over raw (no published table changes); dbt owns its SQL.
     """
-    from flows.kernel.dbt_runner import run_dbt
 
     run_dbt(target, "run", ["--select", STAGING_READINGS])
 
@@ -563,6 +564,7 @@ def _validate_suite(
     frame: pd.DataFrame | None,
 ) -> tuple[list[CheckResult], int | None]:
     """Run the suite's committed checkpoint (validation + Data Docs page) on its batch."""
+    # GX takes seconds to import; only a validation needs it (`water status` stays fast).
     from great_expectations.core.run_identifier import RunIdentifier
 
     name = checkpoint_name(spec.name, target.type)
@@ -743,8 +745,6 @@ def run_suites(
     for stage, names in STAGES.items():
         chosen = [n for n in names if suite is None or n == suite]
         if chosen:
-            from flows.kernel import progress
-
             with progress.step(f"validate {stage} ({', '.join(chosen)})"):
                 results.append(_run_stage(target, stage, run_id, chosen, _latest_since))
     return results

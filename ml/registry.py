@@ -32,6 +32,7 @@ from typing import Any
 
 import joblib
 
+from flows.kernel.jsonable import jsonable
 from flows.kernel.settings import load_settings
 from flows.kernel.warehouse import Warehouse
 from ml.config import MODEL_TYPES, MLConfig
@@ -375,8 +376,8 @@ def record_decision(
     now = datetime.now(UTC)
     params = {
         "model_id": model_id,
-        "metrics": json.dumps(_jsonable(metrics), sort_keys=True),
-        "champion": json.dumps(_jsonable(champion_metrics), sort_keys=True)
+        "metrics": json.dumps(jsonable(metrics), sort_keys=True),
+        "champion": json.dumps(jsonable(champion_metrics), sort_keys=True)
         if champion_metrics
         else None,
         "primary": primary_metric,
@@ -468,17 +469,3 @@ def active_model(wh: Warehouse, model_type: str) -> dict[str, Any] | None:
 
 def list_models(wh: Warehouse) -> list[dict[str, Any]]:
     return _records(wh, "1 = 1", {})
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):  # numpy scalars
-        return _jsonable(value.item())
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flows.kernel.dbt_runner import run_dbt
 from flows.kernel.settings import Target
 from flows.kernel.warehouse import Warehouse, connect
 from ml.config import MLConfig
@@ -276,7 +277,6 @@ def _hour_start(hour_index: int) -> datetime:
 
 
 def _publish_forecasts(target: Target) -> None:
-    from flows.kernel.dbt_runner import run_dbt
 
     run_dbt(target, "run", ["--select", "ml_predictions_cache"])
 

@@ -125,12 +125,12 @@ _HOLDER = textwrap.dedent(
     """
     import json, sys, time
     from flows.kernel.settings import Target
-    from flows.pipeline.cycle import _Run
+    from flows.pipeline.run import Run
     from pathlib import Path
     spec = json.loads(sys.argv[1])
     target = Target(spec["name"], duckdb_path=Path(spec["path"]) if spec["path"] else None,
                     pg_dsn_parts=spec["pg"])
-    run = _Run(target, "cycle", None, "test-holder", None)
+    run = Run(target, "cycle", None, "test-holder", None)
     assert run.begin()
     print(run.job.job_id, flush=True)
     time.sleep(600)
@@ -165,12 +165,12 @@ def _spawn_holder(target) -> tuple[subprocess.Popen, str]:
 
 
 def test_a_killed_runs_job_is_marked_failed_at_the_next_start(target):
-    from flows.pipeline.cycle import _Run
+    from flows.pipeline.run import Run
 
     holder, job_id = _spawn_holder(target)
     try:
         # while the holder lives: its row is running and its lock is taken -> a trigger skips
-        blocked = _Run(target, "cycle", None, "test", None)
+        blocked = Run(target, "cycle", None, "test", None)
         assert not blocked.begin()
         assert blocked.result.status == "skipped"
         assert job_id in blocked.result.message
@@ -183,7 +183,7 @@ def test_a_killed_runs_job_is_marked_failed_at_the_next_start(target):
     with open_warehouse(target) as wh:
         assert [str(j["job_id"]) for j in running_jobs(wh, ["cycle"])] == [job_id]
 
-    nxt = _Run(target, "cycle", None, "test", None)
+    nxt = Run(target, "cycle", None, "test", None)
     assert nxt.begin()
     try:
         assert nxt.job.summary["marked_abandoned_jobs_failed"] == [job_id]

@@ -26,7 +26,7 @@ from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange, load_files
 from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig, generate
-from flows.pipeline.cycle import prepare_target, transform
+from flows.pipeline.run import prepare_target, transform
 from ml.calendar import SEED_PATH, italian_public_holidays
 from ml.config import MLConfig
 from ml.evaluation import evaluate

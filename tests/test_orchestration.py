@@ -19,7 +19,8 @@ from flows.kernel.warehouse import connect, open_warehouse
 from flows.loaders.files import DateRange, load_files
 from flows.loaders.synthetic import Fault
 from flows.orchestration.serve import build_deployments, deployment_specs, load_entrypoint
-from flows.pipeline.cycle import day_chunks, run_backfill, run_cycle
+from flows.pipeline.backfill import day_chunks, run_backfill
+from flows.pipeline.cycle import run_cycle
 from flows.pipeline.watermark import read_watermark
 from tests.orch_support import (
     ExtraDatabase,
@@ -441,3 +442,70 @@ def test_bad_source_fails_the_cycle_with_one_line_and_stores_nothing(duckdb_targ
         assert wh.scalar("select count(*) from raw.sensor_readings") == 0
         assert read_watermark(wh) is None
         assert wh.scalar("select status from water_infrastructure.processing_jobs") == "failed"
+
+
+# A `water` process whose install is broken: importing the module named first on the command
+# line (or any of its submodules) raises ImportError, as a missing or corrupt package would.
+BROKEN_INSTALL = """
+import sys
+from importlib.abc import MetaPathFinder
+
+broken = sys.argv.pop(1)
+
+
+class BrokenInstall(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == broken or name.startswith(broken + "."):
+            raise ImportError(f"No module named {name!r} (injected: broken install)")
+        return None
+
+
+sys.meta_path.insert(0, BrokenInstall())
+from flows.cli.main import main
+
+sys.argv[0] = "water"
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("broken", "failed_step"),
+    [
+        ("ml.scoring", None),  # the scoring step's module: no run starts
+        ("expectations.gate", None),  # the gates' module: no run starts
+        ("great_expectations", "raw_gate"),  # the GX runtime, imported when the gate runs
+    ],
+)
+def test_a_broken_install_fails_the_cycle_and_publishes_nothing(
+    duckdb_target, tmp_path, redis_server, broken, failed_step
+):
+    """Fail closed: a gate or the scoring that cannot import fails the cycle; nothing is
+    published, the watermark stays, no job completes (they used to be skipped)."""
+    readings = tmp_path / "readings.csv"
+    readings.write_text(
+        "timestamp,node_id,flow_rate,pressure\n"
+        "2025-01-01T00:00:00Z,N1,12.5,3.1\n"
+        "2025-01-01T00:05:00Z,N1,12.7,3.0\n"
+    )
+    env = cli_env(duckdb_target, redis_server.url, tmp_path / "dbt-sub")
+    result = subprocess.run(  # noqa: S603 - our console script, under an injected fault
+        [sys.executable, "-c", BROKEN_INSTALL, broken, "cycle", "--source", str(readings)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("water: error:")]
+    assert len(lines) == 1 and broken in lines[0] and "injected: broken install" in lines[0]
+    if failed_step:
+        assert f"step {failed_step}" in lines[0]
+    assert redis_server.client().keys("*") == []
+    with open_warehouse(duckdb_target) as wh:
+        started = wh.relation_exists("water_infrastructure", "processing_jobs")
+        assert started == bool(failed_step)  # an import-time failure starts no run at all
+        if started:
+            assert read_watermark(wh) is None
+            jobs = wh.query("select status from water_infrastructure.processing_jobs")
+            assert [r[0] for r in jobs] == ["failed"]

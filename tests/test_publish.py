@@ -28,7 +28,9 @@ from flows.kernel.redis_conn import (
 from flows.kernel.warehouse import connect, open_warehouse
 from flows.loaders.files import load_files
 from flows.loaders.synthetic import Fault
-from flows.pipeline.cycle import PUBLISH_RETRIES, CycleFailed, run_cycle
+from flows.pipeline.cycle import run_cycle
+from flows.pipeline.results import CycleFailed
+from flows.pipeline.steps import PUBLISH_RETRIES
 from flows.pipeline.watermark import read_watermark
 from flows.publish.publisher import Snapshot, write_snapshot
 from tests.orch_support import RedisServer, register_nodes, synthetic_frame, write_parquet

@@ -29,7 +29,7 @@ from flows.kernel.warehouse import connect
 from flows.loaders.files import load_files
 from flows.loaders.loading import load_synthetic
 from flows.loaders.synthetic import Fault, SyntheticConfig
-from flows.pipeline.cycle import prepare_target
+from flows.pipeline.run import prepare_target
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 GAP_NODE = "N0003"
@@ -511,7 +511,8 @@ def _published_tables(target: Target) -> dict[str, pd.DataFrame]:
 def test_a_critical_failure_in_a_cycle_leaves_redis_and_published_tables_as_they_were(
     pg_target: Target, tmp_path: Path
 ):
-    from flows.pipeline.cycle import CycleFailed, run_cycle
+    from flows.pipeline.cycle import run_cycle
+    from flows.pipeline.results import CycleFailed
     from tests.orch_support import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 
 from flows.kernel.settings import Target
-from flows.pipeline.cycle import prepare_target
+from flows.pipeline.run import prepare_target
 
 
 @contextmanager

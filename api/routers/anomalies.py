@@ -11,8 +11,8 @@ from fastapi import APIRouter, Query, Request
 from api import queries
 from api.cache import CacheUnavailable
 from api.common import PROBLEMS, cursor_time, decode_cursor, encode_cursor, in_database, invalid
-from api.jsonable import json_column, now_utc, parse_iso
 from api.schemas import AnomaliesResponse
+from flows.kernel.jsonable import json_column, now_utc, parse_iso
 
 router = APIRouter(tags=["anomalies"])
 

@@ -21,7 +21,6 @@ from api.common import (
     invalid,
     utc_param,
 )
-from api.jsonable import iso_utc, now_utc, parse_iso
 from api.schemas import (
     NodeHistoryResponse,
     NodeMetricsResponse,
@@ -30,6 +29,7 @@ from api.schemas import (
     TimeWindow,
 )
 from flows.kernel.contracts import NODES_KEY, SERIES_HOURS, node_key
+from flows.kernel.jsonable import iso_utc, now_utc, parse_iso
 
 router = APIRouter(tags=["nodes"])
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 
 from api import models_registry, platform
 from api.common import PROBLEMS, in_database
-from api.jsonable import iso_utc, parse_iso
 from api.schemas import ModelsResponse, StatusResponse
+from flows.kernel.jsonable import iso_utc, parse_iso
 
 router = APIRouter(tags=["status"])
 

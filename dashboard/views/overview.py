@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import charts
 from dashboard.common import chart, data_end, now, read
+from flows.kernel.contracts import STALE_AFTER
 
 st.title("Network overview")
 end = data_end()
@@ -20,7 +21,10 @@ cols = st.columns(5)
 cols[0].metric("nodes", len(nodes))
 for col, status in zip(cols[1:], ("ok", "stale", "anomaly", "no_data"), strict=True):
     col.metric(status, int(counts.get(status, 0)))
-st.caption(f"Data up to {end:%Y-%m-%d %H:%M} UTC; status as of now (stale after 15 minutes).")
+st.caption(
+    f"Data up to {end:%Y-%m-%d %H:%M} UTC; status as of now"
+    f" (stale after {STALE_AFTER.total_seconds() / 60:.0f} minutes)."
+)
 
 left, right = st.columns([3, 2])
 with left:

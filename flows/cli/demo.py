@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
+from flows.kernel.redis_conn import redis_endpoint
 from flows.kernel.settings import Target
 from flows.kernel.warehouse import connect
 from flows.loaders.files import DateRange
 from flows.loaders.loading import load_synthetic
-from flows.pipeline.cycle import run_cycle, run_model_job
+from flows.loaders.synthetic import Fault, SyntheticConfig, node_metadata
+from flows.pipeline.cycle import run_cycle
+from flows.pipeline.model_jobs import run_model_job
 from flows.pipeline.status import collect_status, format_status
 
 
@@ -20,7 +23,6 @@ def demo_faults(nodes: pd.DataFrame, days: float) -> tuple:
     """A few incidents in the last days, so the anomalies, night-flow and dashboard views have
     something to show: a growing leak in the first district (last 4 days), a 2-hour burst on a
     consumption meter and a pressure drop on a pressure logger (the day before the end)."""
-    from flows.loaders.synthetic import Fault
 
     if days < 5:
         return ()
@@ -46,7 +48,6 @@ def run_demo(
     seed: int = 7,
     echo: Callable[[str], None] = print,
 ) -> None:
-    from flows.loaders.synthetic import SyntheticConfig, node_metadata
 
     config = SyntheticConfig(nodes=nodes, days=days, seed=seed, bad_rows=25)
     config = replace(config, faults=demo_faults(node_metadata(config), days))
@@ -81,8 +82,6 @@ def run_demo(
         echo("3/4 skipping model training: it needs at least 28 days of history (--days 28)")
     publish = cycle.publish or {}
     if publish.get("status") == "published":
-        from flows.kernel.redis_conn import redis_endpoint
-
         echo(f"    published {publish['keys']} hot-cache key(s) to {redis_endpoint().describe()}")
     else:
         echo(

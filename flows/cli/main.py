@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import sys
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if ctx.invoked_subcommand not in _QUIET_COMMANDS:
+        # Imported when the command runs: `water --help` stays fast.
         from flows.kernel import progress
 
         progress.enable()  # steps as they happen (plain lines unless on a terminal)
@@ -177,11 +179,13 @@ def load(
     target_name,
 ):
     """Load raw readings from SOURCES: Parquet/CSV files or globs, `synthetic`, or `bigquery`."""
+    # Imported when the command runs: `water --help` stays fast.
     from flows.kernel.warehouse import connect
     from flows.loaders.loading import load_source
 
     synthetic = None
     if list(sources) == ["synthetic"]:
+        # Imported when the command runs: `water --help` stays fast.
         from flows.loaders.synthetic import SyntheticConfig
 
         synthetic = SyntheticConfig(
@@ -196,8 +200,8 @@ def load(
     if truth is not None:
         if synthetic is None or profile != "realistic":
             raise click.UsageError("--truth needs `synthetic --profile realistic`")
-        from dataclasses import replace
 
+        # Imported when the command runs: `water --help` stays fast.
         from flows.loaders.synthetic import data_window
         from flows.loaders.synthetic_realistic import write_truth
 
@@ -218,7 +222,9 @@ def load(
         click.echo(f"landed new rows of sensor_readings_ml as batch {batch} in {target.describe()}")
         return
     if process:
-        from flows.pipeline.cycle import describe_result, run_backfill
+        # Imported when the command runs: `water --help` stays fast.
+        from flows.pipeline.backfill import run_backfill
+        from flows.pipeline.results import describe_result
 
         if start_date is None or end_date is None:
             raise click.UsageError("--process needs --start-date and --end-date")
@@ -256,7 +262,8 @@ def load(
 @command
 def init(target_name):
     """Create every table dbt's sources read, so `dbt build` works on a new warehouse."""
-    from flows.pipeline.cycle import prepare_target
+    # Imported when the command runs: `water --help` stays fast.
+    from flows.pipeline.run import prepare_target
 
     target = _target(target_name)
     prepare_target(target)
@@ -272,6 +279,7 @@ def init(target_name):
 @command
 def nodes(file, target_name):
     """Register or update node metadata from a CSV file (upsert by node_id)."""
+    # Imported when the command runs: `water --help` stays fast.
     from flows.kernel.warehouse import connect
     from flows.loaders.nodes import register_node_file
 
@@ -296,11 +304,14 @@ def nodes(file, target_name):
 @command
 def cycle(sources, no_publish, target_name):
     """Run one processing cycle now (the same code as the Prefect flow)."""
-    from flows.pipeline.cycle import describe_result, run_cycle
+    # Imported when the command runs: `water --help` stays fast.
+    from flows.pipeline.cycle import run_cycle
+    from flows.pipeline.results import describe_result
 
     target = _target(target_name)
     synthetic = None
     if list(sources) == ["synthetic"]:
+        # Imported when the command runs: `water --help` stays fast.
         from flows.loaders.synthetic import SyntheticConfig
 
         synthetic = SyntheticConfig()
@@ -326,6 +337,7 @@ def cycle(sources, no_publish, target_name):
 @command
 def serve(port, target_name):
     """Serve every Prefect deployment (schedules of prefect.yaml) until interrupted."""
+    # Imported when the command runs: `water --help` stays fast.
     from flows.orchestration.serve import serve as serve_deployments
 
     target = _target(target_name)
@@ -338,6 +350,7 @@ def serve(port, target_name):
 @command
 def status(target_name):
     """Show what the warehouse holds: loads, windows, nodes, rejects."""
+    # Imported when the command runs: `water --help` stays fast.
     from flows.pipeline.status import collect_status, format_status
 
     click.echo(format_status(collect_status(_target(target_name))))
@@ -351,6 +364,7 @@ def status(target_name):
 @command
 def demo(nodes, days, seed, target_name):
     """Generate a demo network, load it and run a cycle (no server needed)."""
+    # Imported when the command runs: `water --help` stays fast.
     from flows.cli.demo import run_demo
 
     run_demo(_target(target_name), nodes=nodes, days=days, seed=seed, echo=click.echo)
@@ -369,6 +383,7 @@ def demo(nodes, days, seed, target_name):
 @command
 def api_command(host, port, insecure_no_auth, access_log, target_name):
     """Serve the HTTP API (docs at /docs, Prometheus metrics at /metrics)."""
+    # Imported when the command runs: `water --help` stays fast.
     from api.server import serve
 
     serve(host, port, target_name, insecure_no_auth, access_log, echo=click.echo)
@@ -381,6 +396,7 @@ def api_command(host, port, insecure_no_auth, access_log, target_name):
 @command
 def dashboard(host, port, target_name):
     """Serve the operations dashboard (read-only; pages in docs/dashboard.md)."""
+    # Imported when the command runs: `water --help` stays fast.
     from dashboard.server import serve as serve_dashboard
 
     serve_dashboard(_target(target_name), host, port, echo=click.echo)
@@ -392,6 +408,7 @@ def dashboard(host, port, target_name):
 @command
 def validate(suite, target_name):
     """Run the Great Expectations suites now on each table's last day of rows."""
+    # Imported when the command runs: `water --help` stays fast.
     from expectations.gate import data_docs_index, format_table, run_suites, run_verdict
     from flows.kernel.settings import QUALITY_PAGE_URL
 
@@ -419,7 +436,8 @@ def validate(suite, target_name):
 @command
 def train(model_type, target_name):
     """Train, register and (champion/challenger) promote ML models (a `retraining` job)."""
-    from flows.pipeline.cycle import run_model_job
+    # Imported when the command runs: `water --help` stays fast.
+    from flows.pipeline.model_jobs import run_model_job
     from ml.training import TrainingResult
 
     target = _target(target_name)
@@ -439,7 +457,8 @@ def train(model_type, target_name):
 @command
 def evaluate(target_name):
     """Score served predictions whose targets are now observed (fills model_performance)."""
-    from flows.pipeline.cycle import run_model_job
+    # Imported when the command runs: `water --help` stays fast.
+    from flows.pipeline.model_jobs import run_model_job
 
     target = _target(target_name)
     job = run_model_job(target, "evaluation")

@@ -105,6 +105,7 @@ def run_dbt(
     target: Target, command: str, extra: Sequence[str] = (), raise_on_failure: bool = True
 ) -> DbtOutcome:
     """Invoke `dbt <command>` in this process against `target`."""
+    # dbt takes seconds to import; only a dbt run needs it (`water --help` stays fast).
     from dbt.cli.main import dbtRunner
 
     with dbt_environment(target):
@@ -151,6 +152,7 @@ def release_duckdb_file() -> None:
     the warehouse until this one exits. Closing it after each step costs one reopen.
     """
     try:
+        # dbt takes seconds to import; only a dbt run needs it (`water --help` stays fast).
         from dbt.adapters.duckdb.connections import DuckDBConnectionManager
     except ImportError:
         return

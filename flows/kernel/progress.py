@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 _out: TextIO | None = None
 
 
@@ -97,8 +99,6 @@ def counter(total: float, desc: str, unit: str = "it", min_total: float = 0):
     if _out is None or total < max(min_total, 1):
         return _Silent(total, desc, unit)
     if _interactive():
-        from tqdm import tqdm
-
         return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr)
     return _PlainCounter(total, desc, unit)
 

@@ -24,6 +24,10 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flows.kernel.dbt_runner import run_dbt
 from flows.kernel.raw_store import READING_COLUMNS, ensure_raw_tables
 from flows.kernel.settings import ConfigError, Settings, Target, load_settings
 from flows.kernel.warehouse import Warehouse
@@ -78,10 +82,12 @@ def bigquery_target(settings: Settings | None = None) -> Target:
 
 def client(target: Target):
     """A BigQuery client; with BIGQUERY_API_ENDPOINT set and no key file, an anonymous one."""
+    # The Google client takes seconds to import; only the BigQuery source needs it.
     from google.cloud import bigquery
 
     if not target.bigquery_api_endpoint:
         return bigquery.Client(project=target.bigquery_project)
+    # The Google client takes seconds to import; only the BigQuery source needs it.
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
 
@@ -95,7 +101,6 @@ def client(target: Target):
 
 def land_new_rows(target: Target, dates: DateRange | None = None) -> str:
     """Step 1: the dbt operation that lands new production rows; returns the landing batch id."""
-    from flows.kernel.dbt_runner import run_dbt
 
     dates = dates or DateRange()
     batch_id = uuid.uuid4().hex
@@ -131,8 +136,6 @@ def extract_incremental(
     wh: Warehouse, dates: DateRange, batch_size: int = 100_000, progress: bool = True
 ) -> list[LoadResult]:
     """Land new rows in BigQuery, then copy every row landed since the last run into raw."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")

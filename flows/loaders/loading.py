@@ -11,8 +11,10 @@ from pathlib import Path
 from flows.kernel.raw_store import ensure_raw_tables
 from flows.kernel.settings import PROJECT_ROOT
 from flows.kernel.warehouse import Warehouse
+from flows.loaders.bigquery import extract_incremental
 from flows.loaders.files import DateRange, LoadResult, load_files
 from flows.loaders.nodes import NodesResult, upsert_nodes
+from flows.loaders.synthetic import node_metadata, write_parquet
 
 LANDING_DIR = PROJECT_ROOT / "data" / "landing"
 
@@ -25,7 +27,6 @@ def load_synthetic(
     landing_dir: Path = LANDING_DIR,
 ) -> tuple[list[LoadResult], NodesResult]:
     """Generate a network as Parquet (deterministic, so a re-run is a no-op) and load it."""
-    from flows.loaders.synthetic import node_metadata, write_parquet
 
     key = hashlib.sha256(
         json.dumps(asdict(config), default=str, sort_keys=True).encode()
@@ -61,7 +62,5 @@ def load_source(
         results, _ = load_synthetic(wh, synthetic_config, dates, progress=progress)
         return results
     if sources == ["bigquery"]:
-        from flows.loaders.bigquery import extract_incremental
-
         return extract_incremental(wh, dates, batch_size=batch_size, progress=progress)
     return load_files(wh, sources, dates, progress=progress)

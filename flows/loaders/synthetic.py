@@ -134,6 +134,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flows.kernel import progress as show
 from flows.kernel.raw_store import NODE_COLUMNS
 
 __all__ = [
@@ -1137,8 +1138,6 @@ def write_parquet(config: SyntheticConfig, path: str | Path, progress: bool = Fa
     batches = iter_batches(config)  # validates before touching the filesystem
     bar = None
     if progress:
-        from flows.kernel import progress as show
-
         bar = show.counter(
             config.nodes * _n_steps(config) + config.bad_rows, f"generate {path.name}", "rows"
         )

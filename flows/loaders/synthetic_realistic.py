@@ -30,6 +30,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
+import holidays
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -351,7 +352,6 @@ class _FineGrid(base._Grid):
 
 
 def _holidays(dates: np.ndarray) -> np.ndarray:
-    import holidays
 
     if not len(dates):
         return np.empty(0, dtype="datetime64[D]")

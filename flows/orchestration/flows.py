@@ -21,29 +21,32 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.runtime import deployment, flow_run
+from prefect.settings import PREFECT_UI_URL
 from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 from flows.kernel.dbt_runner import DbtOutcome, dbt_environment, run_dbt, summarize
 from flows.kernel.settings import DBT_PROJECT_DIR, PROJECT_ROOT, Target, load_settings
+from flows.loaders.synthetic import SyntheticConfig
 from flows.orchestration.report import failure_payload, new_anomalies, notify, run_markdown
-from flows.pipeline.cycle import (
+from flows.pipeline.backfill import run_backfill
+from flows.pipeline.cycle import run_cycle
+from flows.pipeline.model_jobs import run_model_job
+from flows.pipeline.results import CycleFailed, CycleResult
+from flows.pipeline.steps import (
+    STEP_BACKOFF_S,
+    STEP_RETRIES,
     STEP_TIMEOUTS_S,
-    CycleFailed,
-    CycleResult,
     cycle_dbt_args,
     is_transient,
-    run_backfill,
-    run_cycle,
-    run_model_job,
 )
 
 T = TypeVar("T")
 log = logging.getLogger("water.flows")
-
-STEP_RETRIES = 3
-STEP_BACKOFF_S = 2.0
 
 
 def _retry_if_transient(_task, _task_run, state) -> bool:
@@ -83,6 +86,7 @@ class PrefectSteps:
             # task runs and much less Prefect bookkeeping (docs/operations.md); failures still
             # name the dbt node. WATER_DBT_NODE_TASKS=1 gives one task per dbt node instead.
             return run_dbt(target, "build", cycle_dbt_args(select))
+        # prefect_dbt imports dbt (seconds); only the per-node mode needs it.
         from dbt_common.events.base_types import EventLevel
         from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
@@ -110,14 +114,11 @@ def _target(name: str | None) -> Target:
 
 def _run_context() -> tuple[str, str | None]:
     """(triggered_by, flow_run_id) of the current flow run."""
-    from prefect.runtime import deployment, flow_run
 
     run_id = flow_run.get_id()
     if deployment.get_id() is None:
         return "prefect:flow", run_id
     try:
-        from prefect.client.orchestration import get_client
-
         with get_client(sync_client=True) as client:
             details = client.read_flow_run(run_id)
         if details.auto_scheduled:
@@ -129,7 +130,6 @@ def _run_context() -> tuple[str, str | None]:
 
 
 def _ui_url(run_id: str) -> str | None:
-    from prefect.settings import PREFECT_UI_URL
 
     base = PREFECT_UI_URL.value()
     return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base else None
@@ -157,7 +157,6 @@ def notify_failure(flow, flow_run, state) -> None:
 
 def _summarise(result: CycleResult) -> None:
     """The run's markdown summary as a Prefect artifact (key water-<kind>-summary)."""
-    from prefect.artifacts import create_markdown_artifact
 
     try:
         anomalies = new_anomalies(_target(result.target), result.started_at)
@@ -321,7 +320,6 @@ def retrain_models(target: str | None = None, model_type: str | None = None) -> 
 
 
 def _synthetic_config(options: dict[str, Any] | None):
-    from flows.loaders.synthetic import SyntheticConfig
 
     return SyntheticConfig(**(options or {}))
 

@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
+from flows.kernel.warehouse import open_warehouse
 
 log = logging.getLogger("water.report")
 
@@ -21,7 +22,6 @@ GATE_STEPS = ("raw_gate", "marts_gate")
 
 def new_anomalies(target: Target, since) -> dict[str, int]:
     """Anomalies first detected at or after `since`, by severity ({} before the mart exists)."""
-    from flows.kernel.warehouse import open_warehouse
 
     with open_warehouse(target) as wh:
         if not wh.relation_exists(PUBLISHED_SCHEMA, "anomalies"):
@@ -35,7 +35,7 @@ def new_anomalies(target: Target, since) -> dict[str, int]:
 
 
 def run_markdown(result, anomalies: dict[str, int] | None = None) -> str:
-    """The run's summary: rows, gates, anomalies, publish (result: flows.pipeline.cycle.CycleResult)."""
+    """The run's summary: rows, gates, anomalies, publish (result: flows.pipeline.results.CycleResult)."""
     lines = [
         f"# {result.kind} `{result.cycle_id}`: {result.status}",
         "",

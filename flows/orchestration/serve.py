@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect import Flow
+from prefect import serve as prefect_serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig
+from prefect.schedules import Cron, Interval
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.kernel.settings import PROJECT_ROOT, ConfigError
 
@@ -103,7 +108,6 @@ def load_entrypoint(entrypoint: str):
     (Prefect's script loader would register flows/orchestration/flows.py under the name `flows`, shadowing
     the `flows` package; importing it as `flows.orchestration.flows` keeps one copy of every module.)
     """
-    from prefect import Flow
 
     file_part, name = entrypoint.rsplit(":", 1)
     relative = Path(file_part)
@@ -120,8 +124,6 @@ def load_entrypoint(entrypoint: str):
 
 def build_deployments(specs: list[DeploymentSpec], target: str | None = None) -> list[Any]:
     """RunnerDeployments for `prefect.serve`, equal to what `prefect deploy` registers."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig
-    from prefect.schedules import Cron, Interval
 
     deployments = []
     for spec in specs:
@@ -247,8 +249,6 @@ def serve(target: str | None = None, port: int = 4200, echo: Callable[[str], Non
     specs = deployment_specs()
     with prefect_api(port=port, echo=echo) as api_url:
         os.environ["PREFECT_API_URL"] = api_url  # flow-run subprocesses inherit it
-        from prefect import serve as prefect_serve
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             deployments = build_deployments(specs, target=target)

@@ -21,9 +21,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
+from flows.kernel.contracts import FRESHNESS_LAG
+from flows.kernel.jsonable import to_json
 from flows.kernel.runtime import new_job_id, runner_id, utcnow
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
 from flows.kernel.warehouse import Warehouse, in_list
@@ -370,20 +371,6 @@ def recent_jobs(wh: Warehouse, limit: int = 10) -> list[dict[str, Any]]:
     return jobs
 
 
-def to_json(value: Any) -> str:
-    return json.dumps(value, default=_json_default, sort_keys=True)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
 # --------------------------------------------------------------------------- `water status`
 
 
@@ -394,7 +381,7 @@ class JobsSummary:
     running: list[dict[str, Any]]
     running_alive: bool
     last_publish: dict[str, Any] | None
-    stale_nodes: int | None  # nodes whose newest window ended more than an hour ago
+    stale_nodes: int | None  # nodes whose newest window ended more than FRESHNESS_LAG ago
 
 
 def jobs_summary(wh: Warehouse, target: Target, limit: int = 5) -> JobsSummary | None:
@@ -421,7 +408,8 @@ def jobs_summary(wh: Warehouse, target: Target, limit: int = 5) -> JobsSummary |
         # The seed's data-freshness query, counted.
         stale = wh.scalar(
             f"select count(*) from (select node_id from {PUBLISHED_SCHEMA}.computed_metrics"
-            " group by node_id having now() - max(window_end) > interval '1 hour') as lagging"
+            " group by node_id having now() - max(window_end)"
+            f" > interval '{int(FRESHNESS_LAG.total_seconds())} seconds') as lagging"
         )
     return JobsSummary(recent, read_watermark(wh), running, alive, last_publish, stale)
 

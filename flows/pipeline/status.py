@@ -6,8 +6,11 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from expectations.gate import format_summary, latest_results
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
 from flows.kernel.warehouse import Warehouse, connect
+from flows.pipeline.jobs import format_jobs, jobs_summary
+from ml.status import format_ml_status, ml_status
 
 
 @dataclass
@@ -38,13 +41,10 @@ def _collect(wh: Warehouse, target: Target) -> Status:
         status.batches, status.last_loaded_at = wh.query(
             "select count(*), max(loaded_at) from raw.load_batches"
         )[0]
-    from expectations.gate import latest_results
 
     status.quality = latest_results(wh)
-    from flows.pipeline.jobs import jobs_summary
 
     status.jobs = jobs_summary(wh, target)
-    from ml.status import ml_status
 
     status.ml = ml_status(wh)
     if not wh.relation_exists(PUBLISHED_SCHEMA, "computed_metrics"):
@@ -79,10 +79,7 @@ def format_status(status: Status) -> str:
         f"raw readings      {status.raw_rows:,} in {status.batches} batch(es); last load {status.last_loaded_at or '-'}"
     )
     if status.quality is not None:
-        from expectations.gate import format_summary
-
         lines.extend(format_summary(status.quality))
-    from flows.pipeline.jobs import format_jobs
 
     lines.extend(format_jobs(status.jobs))
     if not status.built:
@@ -102,7 +99,6 @@ def format_status(status: Status) -> str:
         lines.append(
             f"  without metadata ({len(status.nodes_without_metadata)}): {shown}{f' (+{more} more)' if more > 0 else ''}"
         )
-    from ml.status import format_ml_status
 
     lines.extend(format_ml_status(status.ml))
     return printable("\n".join(lines))

@@ -1,4 +1,5 @@
-"""Database values -> JSON values in the Redis contract's conventions.
+"""Python and database values -> JSON values, one set of conventions for the API, the job
+summaries and the model registry (the Redis publisher encodes the same way with orjson).
 
 Timestamps become ISO-8601 UTC with `Z` (naive values are UTC: the warehouse sessions run in
 UTC), decimals become floats, NaN and infinities become null, JSON text stays JSON.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, is_dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -40,13 +42,20 @@ def jsonable(value: Any) -> Any:
         return jsonable(float(value))
     if isinstance(value, UUID):
         return str(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return jsonable(asdict(value))
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set):
         return [jsonable(v) for v in value]
     if hasattr(value, "item"):  # numpy scalars
         return jsonable(value.item())
     return str(value)
+
+
+def to_json(value: Any) -> str:
+    """JSON text of `value` (keys sorted), for JSON columns."""
+    return json.dumps(jsonable(value), sort_keys=True)
 
 
 def json_column(value: Any) -> Any:
