@@ -19,6 +19,7 @@ from flows.kernel.contracts import (
     ANOMALY_STATUS_LOOKBACK,
     EFFICIENCY_LATEST,
     EFFICIENCY_LATEST_SQL,
+    FORECAST_LATEST,
     NETWORK_DISTRICT,
     SERIES_COLUMNS,
     efficiency_entries,
@@ -197,20 +198,14 @@ def anomaly_counts_by_severity(wh: ReadOnlyWarehouse, since: datetime) -> dict[s
 
 # -- forecasts and efficiency ---------------------------------------------------------------
 def predictions(wh: ReadOnlyWarehouse, node_id: str) -> list[dict[str, Any]] | None:
-    """The node's newest forecast from each active model, as flows.publish.publisher selects it for the
-    cache (tests/test_api.py checks that both answers agree)."""
-    if not exists(wh, "ml_predictions_cache") or not exists(wh, "ml_models"):
+    """The node's newest forecast from each active model: the dbt view the publisher reads too."""
+    if not exists(wh, FORECAST_LATEST):
         return None
     return [
         _row(r)
         for r in wh.records(
-            "select p.target_timestamp, p.flow_rate_predicted, p.flow_rate_lower, p.flow_rate_upper,"
-            f" p.model_id from {S}.ml_predictions_cache as p"
-            f" inner join {S}.ml_models as m on m.model_id = p.model_id and m.status = 'active'"
-            " inner join (select model_id, max(prediction_timestamp) as origin"
-            f" from {S}.ml_predictions_cache where node_id = %(n)s group by model_id) as newest"
-            " on newest.model_id = p.model_id and p.prediction_timestamp = newest.origin"
-            " where p.node_id = %(n)s order by p.target_timestamp",
+            "select target_timestamp, flow_rate_predicted, flow_rate_lower, flow_rate_upper,"
+            f" model_id from {S}.{FORECAST_LATEST} where node_id = %(n)s order by target_timestamp",
             {"n": node_id},
         )
     ]

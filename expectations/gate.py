@@ -37,7 +37,7 @@ from flows.kernel import progress
 from flows.kernel.dbt_runner import DbtError, run_dbt
 from flows.kernel.runtime import new_job_id
 from flows.kernel.settings import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
-from flows.kernel.warehouse import Warehouse, WarehouseError, connect
+from flows.kernel.warehouse import Warehouse, WarehouseError, apply_ddl, connect
 
 log = logging.getLogger(__name__)
 
@@ -307,15 +307,7 @@ _QUALITY_DDL = {
 
 def ensure_quality_table(wh: Warehouse) -> None:
     """Create water_infrastructure.quality_checks if missing (idempotent)."""
-    if wh.type == "postgres":
-        # Concurrent first runs would collide on the catalog; serialise the DDL.
-        with wh.transaction():
-            wh.execute("select pg_advisory_xact_lock(hashtext('water.quality_ddl'))")
-            for statement in _QUALITY_DDL["postgres"]:
-                wh.execute(statement)
-        return
-    for statement in _QUALITY_DDL[wh.type]:
-        wh.execute(statement)
+    apply_ddl(wh, _QUALITY_DDL, "water.quality_ddl")
 
 
 def _persist(

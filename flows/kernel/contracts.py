@@ -96,6 +96,8 @@ def node_status(last_reading_at: datetime | None, alerting: bool, now: datetime)
 # network_efficiency_latest holds, per area and time_window, the latest complete period and
 # the open one (period_status complete | partial); the API's database fallback reads it too.
 EFFICIENCY_LATEST = "network_efficiency_latest"
+# ml_forecast_latest (a dbt view): each node's newest forecast from each active model.
+FORECAST_LATEST = "ml_forecast_latest"
 EFFICIENCY_LATEST_SQL = (
     f"select * from {PUBLISHED_SCHEMA}.{EFFICIENCY_LATEST} order by district, time_window"
 )

@@ -7,7 +7,7 @@ touched and every rejected reading can be traced back to its file row.
 
 from __future__ import annotations
 
-from flows.kernel.warehouse import Warehouse
+from flows.kernel.warehouse import Warehouse, apply_ddl
 
 READING_COLUMNS = (
     "timestamp",
@@ -97,15 +97,7 @@ _DDL = {
 
 def ensure_raw_tables(wh: Warehouse) -> None:
     """Create the raw schema and tables if missing (idempotent, safe to call every run)."""
-    if wh.type == "postgres":
-        # Two processes creating the same schema at once collide on the catalog; serialise.
-        with wh.transaction():
-            wh.execute("select pg_advisory_xact_lock(hashtext('water.raw_ddl'))")
-            for statement in _DDL["postgres"]:
-                wh.execute(statement)
-        return
-    for statement in _DDL[wh.type]:
-        wh.execute(statement)
+    apply_ddl(wh, _DDL, "water.raw_ddl")
 
 
 def lock_raw_writes(wh: Warehouse) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -198,3 +198,16 @@ def in_list(column: str, param: str, engine: str) -> str:
     if engine == "postgres":
         return f"{column} = any(cast(%({param})s as text[]))"
     return f"list_contains(%({param})s, {column})"
+
+
+def apply_ddl(wh: Warehouse, ddl: Mapping[str, Sequence[str]], lock_name: str) -> None:
+    """Run the engine's idempotent DDL statements. PostgreSQL: in one transaction under an
+    advisory lock named `lock_name`, because concurrent first runs collide on the catalog."""
+    if wh.type == "postgres":
+        with wh.transaction():
+            wh.execute("select pg_advisory_xact_lock(hashtext(%(k)s))", {"k": lock_name})
+            for statement in ddl["postgres"]:
+                wh.execute(statement)
+        return
+    for statement in ddl[wh.type]:
+        wh.execute(statement)

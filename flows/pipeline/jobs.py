@@ -27,7 +27,7 @@ from flows.kernel.contracts import FRESHNESS_LAG
 from flows.kernel.jsonable import to_json
 from flows.kernel.runtime import new_job_id, runner_id, utcnow
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
-from flows.kernel.warehouse import Warehouse, in_list
+from flows.kernel.warehouse import Warehouse, apply_ddl, in_list
 from flows.pipeline.lock import LOCK_FOR_JOB, lock_is_free
 from flows.pipeline.watermark import (
     METADATA_WATERMARK_KEY,
@@ -116,15 +116,7 @@ _DDL = {
 
 def ensure_job_tables(wh: Warehouse) -> None:
     """Create the bookkeeping tables if missing (idempotent)."""
-    if wh.type == "postgres":
-        with wh.transaction():
-            # Concurrent first runs would race on the catalog; serialise the DDL.
-            wh.execute("select pg_advisory_xact_lock(hashtext('water.jobs_ddl'))")
-            for statement in _DDL["postgres"]:
-                wh.execute(statement)
-        return
-    for statement in _DDL["duckdb"]:
-        wh.execute(statement)
+    apply_ddl(wh, _DDL, "water.jobs_ddl")
 
 
 # --------------------------------------------------------------------------- job rows

@@ -38,6 +38,7 @@ from flows.kernel.contracts import (
     ANOMALY_STATUS_LOOKBACK,
     EFFICIENCY_LATEST,
     EFFICIENCY_LATEST_SQL,
+    FORECAST_LATEST,
     KEYS_KEY,
     NETWORK_DISTRICT,
     NETWORK_EFFICIENCY_KEY,
@@ -232,22 +233,10 @@ def _recent_anomalies(wh: Warehouse, now: datetime, snap: Snapshot) -> list[dict
 
 def _forecasts(wh: Warehouse, now: datetime, snap: Snapshot) -> dict[str, list[dict[str, Any]]]:
     """Each node's newest 24-hour forecast from the active flow model (absent without one)."""
-    for table in ("ml_predictions_cache", "ml_models"):
-        if not wh.relation_exists(S, table):
-            snap.skipped["forecast"] = f"{S}.{table} does not exist yet"
-            return {}
-    rows = _records(
-        wh,
-        "select p.node_id, p.target_timestamp, p.flow_rate_predicted, p.flow_rate_lower,"
-        " p.flow_rate_upper, p.model_id"
-        f" from {S}.ml_predictions_cache as p"
-        f" inner join {S}.ml_models as m on m.model_id = p.model_id and m.status = 'active'"
-        " inner join (select node_id, model_id, max(prediction_timestamp) as origin"
-        f" from {S}.ml_predictions_cache group by node_id, model_id) as newest"
-        " on newest.node_id = p.node_id and newest.model_id = p.model_id"
-        " and p.prediction_timestamp = newest.origin"
-        " order by p.node_id, p.target_timestamp",
-    )
+    if not wh.relation_exists(S, FORECAST_LATEST):
+        snap.skipped["forecast"] = f"{S}.{FORECAST_LATEST} does not exist yet"
+        return {}
+    rows = _records(wh, f"select * from {S}.{FORECAST_LATEST} order by node_id, target_timestamp")
     if not rows:
         snap.skipped["forecast"] = "no forecasts from an active model"
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
