@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from expectations.gate import SUITES, gate  # noqa: E402
+from expectations.gate import gate  # noqa: E402
+from expectations.suites import SUITES  # noqa: E402
 from flows.kernel.dbt_runner import run_dbt  # noqa: E402
 from flows.kernel.settings import Target  # noqa: E402
 from flows.kernel.warehouse import connect  # noqa: E402

@@ -17,7 +17,7 @@ import pandas as pd
 
 from api import models_registry, queries
 from api.store import ReadOnlyWarehouse
-from expectations.gate import run_verdict
+from expectations.results import run_verdict
 from flows.kernel.contracts import NETWORK_DISTRICT, SERIES_COLUMNS
 from flows.kernel.settings import PUBLISHED_SCHEMA
 from ml.metrics import point_metrics

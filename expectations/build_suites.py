@@ -38,7 +38,7 @@ import great_expectations.expectations as gxe  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
-from expectations.gate import (  # noqa: E402
+from expectations.suites import (  # noqa: E402
     DATA_DOCS_SITE,
     GX_ENGINES,
     SUITES,

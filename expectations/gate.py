@@ -23,357 +23,45 @@ import math
 import numbers
 import os
 import shutil
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from expectations.results import (
+    CheckResult,
+    GateResult,
+    ensure_quality_table,
+    record_results,
+    short_text,
+)
+from expectations.suites import (
+    BEGINNING,
+    DATA_DOCS_SITE,
+    GX_ENGINES,
+    STAGES,
+    STAGING_READINGS,
+    SUITES,
+    QualityError,
+    SuiteSpec,
+    checkpoint_name,
+    gx_project_root,
+    postgres_runtime_environment,
+)
 from flows.kernel import progress
+from flows.kernel.contracts import STAGING_SCHEMA
 from flows.kernel.dbt_runner import DbtError, run_dbt
 from flows.kernel.runtime import new_job_id
-from flows.kernel.settings import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
-from flows.kernel.warehouse import Warehouse, WarehouseError, apply_ddl, connect
+from flows.kernel.settings import Target
+from flows.kernel.warehouse import Warehouse, WarehouseError, connect
 
 log = logging.getLogger(__name__)
 
-SEVERITIES = ("critical", "warning")
-STAGING_SCHEMA = "water_staging"
-STAGING_READINGS = "stg_raw__sensor_readings"
-# `None` as a batch boundary means "everything": a time before any reading.
-BEGINNING = datetime(1900, 1, 1, tzinfo=UTC)
+
 # `water validate` checks what arrived in the last day before the newest row of each table.
 VALIDATE_LOOKBACK = timedelta(hours=24)
-# The connection setting the committed PostgreSQL query assets read the boundary from.
-PG_SINCE_SETTING = "water.gx_since"
-PG_SINCE_SQL = f"cast(current_setting('{PG_SINCE_SETTING}') as timestamptz)"
-GX_ENGINES = ("duckdb", "postgres")
-DATA_DOCS_SITE = "local_site"
-
-
-class QualityError(RuntimeError):
-    """The gate could not run (bad arguments, unsupported target, broken GX project)."""
-
-
-# -- the batches the suites check ----------------------------------------------------------
-# One SELECT per suite, written once: `%(since)s` is bound as a parameter on DuckDB and
-# replaced by PG_SINCE_SQL in the committed PostgreSQL query assets. Derived columns
-# (`*_minus_*`, offsets, gaps) let plain column expectations express row rules on both
-# engines; their names say what they measure.
-@dataclass(frozen=True)
-class SuiteSpec:
-    name: str
-    stage: str
-    relation: tuple[str, str]  # must exist, else the suite is skipped (not failed)
-    scope_column: str | None  # the column compared with the batch boundary
-    batch_sql: str
-    description: str
-    counts_rows: bool = True  # its batch counts in GateResult.checked_rows
-    optional: bool = False  # a later mart: skipped (not failed) while its table is missing
-
-
-SUITES: dict[str, SuiteSpec] = {
-    spec.name: spec
-    for spec in (
-        SuiteSpec(
-            name="raw_schema",
-            stage="raw",
-            relation=("raw", "sensor_readings"),
-            scope_column=None,
-            counts_rows=False,
-            description="Columns and types of raw.sensor_readings, read from the catalog.",
-            batch_sql="""
-select
-    column_name,
-    lower(data_type) as data_type
-from information_schema.columns
-where table_schema = 'raw' and table_name = 'sensor_readings'
-""",
-        ),
-        SuiteSpec(
-            name="raw_batch",
-            stage="raw",
-            relation=(STAGING_SCHEMA, STAGING_READINGS),
-            scope_column="loaded_at",
-            description=(
-                "The rows loaded since the previous cycle, as staging reads them "
-                "(raw is read only through stg_raw__sensor_readings; NaN is null there)."
-            ),
-            batch_sql="""
-select
-    node_id,
-    reading_at,
-    flow_rate,
-    pressure,
-    temperature,
-    volume,
-    quality_score,
-    loaded_at,
-    batch_id,
-    batch_row,
-    is_valid,
-    extract(epoch from reading_at - loaded_at) as seconds_after_load
-from water_staging.stg_raw__sensor_readings
-where loaded_at > %(since)s
-""",
-        ),
-        SuiteSpec(
-            name="computed_metrics",
-            stage="marts",
-            relation=(PUBLISHED_SCHEMA, "computed_metrics"),
-            scope_column="computed_at",
-            description="Windows recomputed since the previous cycle.",
-            batch_sql="""
-select
-    node_id,
-    time_window,
-    window_start,
-    window_end,
-    window_seconds,
-    window_start_epoch
-        - floor(window_start_epoch / nullif(window_seconds, 0)) * window_seconds
-        as window_start_offset_s,
-    reading_count,
-    reading_count - expected_reading_count as excess_reading_count,
-    quality_score,
-    avg_flow_rate - min_flow_rate as flow_rate_avg_minus_min,
-    max_flow_rate - avg_flow_rate as flow_rate_max_minus_avg,
-    avg_pressure - min_pressure as pressure_avg_minus_min,
-    max_pressure - avg_pressure as pressure_max_minus_avg,
-    avg_temperature - min_temperature as temperature_avg_minus_min,
-    max_temperature - avg_temperature as temperature_max_minus_avg,
-    -- Silence between consecutive windows of a node; only where the node's cadence
-    -- puts at least two readings in every window (slower nodes skip windows by design).
-    case
-        when expected_reading_count >= 2
-            then extract(epoch from window_start - lag(window_end) over (
-                partition by node_id, time_window order by window_start
-            ))
-    end as missing_seconds_before,
-    computed_at
-from (
-    select
-        *,
-        extract(epoch from window_end - window_start) as window_seconds,
-        extract(epoch from window_start) as window_start_epoch
-    from water_infrastructure.computed_metrics
-    where computed_at > %(since)s
-) as batch
-""",
-        ),
-        SuiteSpec(
-            name="anomalies",
-            stage="marts",
-            optional=True,
-            relation=(PUBLISHED_SCHEMA, "anomalies"),
-            scope_column="evaluated_at",
-            description="Anomalies (re)evaluated since the previous cycle.",
-            batch_sql="""
-select
-    anomaly_id,
-    node_id,
-    window_start,
-    severity,
-    detected_at,
-    evaluated_at
-from water_infrastructure.anomalies
-where evaluated_at > %(since)s
-""",
-        ),
-        SuiteSpec(
-            name="network_efficiency",
-            stage="marts",
-            optional=True,
-            relation=(PUBLISHED_SCHEMA, "network_efficiency"),
-            scope_column="computed_at",
-            description="Water-balance rows recomputed since the previous cycle.",
-            batch_sql="""
-select
-    district,
-    time_window,
-    window_start,
-    water_loss_percent,
-    is_complete,
-    computed_at
-from water_infrastructure.network_efficiency
-where computed_at > %(since)s
-""",
-        ),
-        SuiteSpec(
-            name="ml_predictions_cache",
-            stage="marts",
-            optional=True,
-            relation=(PUBLISHED_SCHEMA, "ml_predictions_cache"),
-            scope_column="created_at",
-            description="Forecasts written since the previous cycle.",
-            batch_sql="""
-select
-    node_id,
-    model_id,
-    prediction_timestamp,
-    target_timestamp,
-    horizon_hours,
-    -- NaN is a missing forecast on both engines (pandas already reads it as null).
-    nullif(flow_rate_predicted, cast('NaN' as double precision)) as flow_rate_predicted,
-    nullif(flow_rate_lower, cast('NaN' as double precision)) as flow_rate_lower,
-    nullif(flow_rate_upper, cast('NaN' as double precision)) as flow_rate_upper,
-    flow_rate_predicted - flow_rate_lower as predicted_minus_lower,
-    flow_rate_upper - flow_rate_predicted as upper_minus_predicted,
-    -- Horizons of each node's newest forecast (older ones are partly overwritten by it).
-    case
-        when prediction_timestamp = max(prediction_timestamp) over (
-            partition by node_id, model_id
-        )
-            then count(*) over (partition by node_id, model_id, prediction_timestamp)
-    end as horizon_count,
-    created_at
-from water_infrastructure.ml_predictions_cache
-where created_at > %(since)s
-""",
-        ),
-    )
-}
-STAGES: dict[str, tuple[str, ...]] = {
-    stage: tuple(name for name, spec in SUITES.items() if spec.stage == stage)
-    for stage in ("raw", "marts")
-}
-
-
-def postgres_batch_sql(spec: SuiteSpec) -> str:
-    """The committed PostgreSQL query: the boundary comes from the connection setting."""
-    return spec.batch_sql.replace("%(since)s", PG_SINCE_SQL).strip()
-
-
-# -- results -------------------------------------------------------------------------------
-@dataclass
-class CheckResult:
-    suite: str
-    expectation: str  # the expectation's `meta.check` name
-    expectation_type: str
-    column_name: str | None
-    severity: str
-    status: str  # passed | failed | error | skipped
-    observed_value: str
-    unexpected_count: int | None = None
-
-    @property
-    def success(self) -> bool | None:
-        return None if self.status == "skipped" else self.status == "passed"
-
-    def line(self) -> str:
-        return f"{self.suite}.{self.expectation}: observed {self.observed_value}"
-
-
-@dataclass
-class GateResult:
-    stage: str  # 'raw' | 'marts'
-    run_id: str
-    passed: bool  # False iff a critical expectation failed
-    critical_failures: list[str]  # "suite.expectation: observed ..." one line each
-    warnings: list[str]
-    checked_rows: int
-    checks: list[CheckResult] = field(default_factory=list)
-    skipped_suites: list[str] = field(default_factory=list)
-
-
-# -- the quality_checks table --------------------------------------------------------------
-_QUALITY_DDL = {
-    "duckdb": [
-        f"create schema if not exists {PUBLISHED_SCHEMA}",
-        f"""create table if not exists {PUBLISHED_SCHEMA}.quality_checks (
-            run_id varchar not null, stage varchar not null, suite varchar not null,
-            expectation varchar not null, expectation_type varchar, column_name varchar,
-            severity varchar not null, status varchar not null, success boolean,
-            observed_value varchar, unexpected_count bigint, checked_rows bigint,
-            checked_at timestamptz not null)""",
-    ],
-    "postgres": [
-        f"create schema if not exists {PUBLISHED_SCHEMA}",
-        f"""create table if not exists {PUBLISHED_SCHEMA}.quality_checks (
-            run_id text not null, stage text not null, suite text not null,
-            expectation text not null, expectation_type text, column_name text,
-            severity text not null, status text not null, success boolean,
-            observed_value text, unexpected_count bigint, checked_rows bigint,
-            checked_at timestamptz not null)""",
-        f"""create index if not exists quality_checks_checked_at_idx
-            on {PUBLISHED_SCHEMA}.quality_checks (checked_at)""",
-    ],
-}
-
-
-def ensure_quality_table(wh: Warehouse) -> None:
-    """Create water_infrastructure.quality_checks if missing (idempotent)."""
-    apply_ddl(wh, _QUALITY_DDL, "water.quality_ddl")
-
-
-def _persist(
-    wh: Warehouse,
-    stage: str,
-    run_id: str,
-    checks: Sequence[CheckResult],
-    rows_by_suite: dict[str, int | None],
-    checked_at: datetime,
-) -> None:
-    with wh.transaction():
-        for check in checks:
-            wh.execute(
-                "insert into water_infrastructure.quality_checks (run_id, stage, suite,"
-                " expectation, expectation_type, column_name, severity, status, success,"
-                " observed_value, unexpected_count, checked_rows, checked_at) values"
-                " (%(run_id)s, %(stage)s, %(suite)s, %(expectation)s, %(expectation_type)s,"
-                " %(column_name)s, %(severity)s, %(status)s, %(success)s, %(observed)s,"
-                " %(unexpected)s, %(rows)s, %(checked_at)s)",
-                {
-                    "run_id": run_id,
-                    "stage": stage,
-                    "suite": check.suite,
-                    "expectation": check.expectation,
-                    "expectation_type": check.expectation_type,
-                    "column_name": check.column_name,
-                    "severity": check.severity,
-                    "status": check.status,
-                    "success": check.success,
-                    "observed": check.observed_value,
-                    "unexpected": check.unexpected_count,
-                    "rows": rows_by_suite.get(check.suite),
-                    "checked_at": checked_at,
-                },
-            )
-
-
-# -- the GX project ------------------------------------------------------------------------
-def gx_project_root() -> Path:
-    """Folder holding the GX file context `gx/` (WATER_GX_ROOT, default `expectations/`)."""
-    return Path(os.environ.get("WATER_GX_ROOT") or PROJECT_ROOT / "expectations")
-
-
-def data_docs_index() -> Path:
-    return gx_project_root() / "gx" / "uncommitted" / "data_docs" / DATA_DOCS_SITE / "index.html"
-
-
-def checkpoint_name(suite: str, engine: str) -> str:
-    return f"{suite}.{engine}"
-
-
-def postgres_runtime_environment(target: Target, since: datetime) -> dict[str, str]:
-    """Values for the `${...}` placeholders of the committed PostgreSQL datasource.
-
-    Kept in memory only: GX substitutes them when it connects; nothing is written.
-    """
-    parts = target.pg_dsn_parts
-    options = f"-c timezone=UTC -c {PG_SINCE_SETTING}={since.astimezone(UTC).isoformat()}"
-    return {
-        "PGHOST": parts.get("host", "127.0.0.1"),
-        "PGPORT": str(parts.get("port", "5432")),
-        "PGUSER": urllib.parse.quote(parts.get("user", "postgres"), safe=""),
-        "PGDATABASE": urllib.parse.quote(parts.get("dbname", "postgres"), safe=""),
-        "PGPASSWORD": urllib.parse.quote(os.environ.get("PGPASSWORD", ""), safe=""),
-        "WATER_GX_PG_OPTIONS": urllib.parse.quote(options, safe=""),
-    }
 
 
 @contextmanager
@@ -501,7 +189,7 @@ def _run_stage(
     prune_results()
 
     with connect(target) as wh:
-        _persist(wh, stage, run_id, checks, rows_by_suite, checked_at)
+        record_results(wh, stage, run_id, checks, rows_by_suite, checked_at)
 
     critical = [c.line() for c in checks if c.success is False and c.severity == "critical"]
     warnings = [c.line() for c in checks if c.success is False and c.severity != "critical"]
@@ -653,16 +341,16 @@ def describe_observation(result: dict[str, Any], column: str | None = None) -> s
     if isinstance(observed, numbers.Integral) and not isinstance(observed, bool):
         return f"{observed:,} rows"
     if observed is not None:
-        return _short(observed)
+        return short_text(observed)
     if "element_count" not in result and (
         "partial_missing_list" in result or "partial_unexpected_list" in result
     ):
         # Set equality on distinct values: what is extra and what is missing.
         parts = []
         if result.get("partial_unexpected_list"):
-            parts.append("unexpected " + _short(result["partial_unexpected_list"]))
+            parts.append("unexpected " + short_text(result["partial_unexpected_list"]))
         if result.get("partial_missing_list"):
-            parts.append("missing " + _short(result["partial_missing_list"]))
+            parts.append("missing " + short_text(result["partial_missing_list"]))
         return "; ".join(parts) or "exactly the expected values"
     unexpected = result.get("unexpected_count")
     if unexpected is None:
@@ -681,27 +369,12 @@ def describe_observation(result: dict[str, Any], column: str | None = None) -> s
         if isinstance(examples[0], dict):
             # Row keys first, then the offending value: "N0001/1hour/2024-03-04T10:00 → 5.2"
             examples = [
-                "/".join(_short(v, 40) for k, v in row.items() if k != column)
-                + (f" → {_short(row[column], 40)}" if column in row else "")
+                "/".join(short_text(v, 40) for k, v in row.items() if k != column)
+                + (f" → {short_text(row[column], 40)}" if column in row else "")
                 for row in examples
             ]
-        text += f", e.g. {_short(examples[:3])}"
+        text += f", e.g. {short_text(examples[:3])}"
     return text
-
-
-def _short(value: Any, limit: int = 240) -> str:
-    if isinstance(value, float):
-        text = f"{value:.6g}"
-    elif isinstance(value, list | tuple):
-        text = "; ".join(_short(v, 80) for v in value)
-    elif isinstance(value, dict):
-        text = " ".join(f"{k}={_short(v, 60)}" for k, v in value.items())
-    elif isinstance(value, datetime):
-        text = value.isoformat()
-    else:
-        text = str(value)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # -- the interface the cycle and the CLI call ----------------------------------------------
@@ -740,110 +413,3 @@ def run_suites(
             with progress.step(f"validate {stage} ({', '.join(chosen)})"):
                 results.append(_run_stage(target, stage, run_id, chosen, _latest_since))
     return results
-
-
-# -- reading the recorded results ----------------------------------------------------------
-@dataclass
-class QualitySummary:
-    run_id: str | None = None
-    checked_at: Any = None
-    stages: list[str] = field(default_factory=list)
-    checks: int = 0
-    failed_by_severity: dict[str, int] = field(default_factory=dict)
-    skipped: int = 0
-    # (severity, suite, expectation, observed value), critical first
-    failures: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-
-def latest_results(wh: Warehouse, stage: str | None = None) -> QualitySummary:
-    """The most recent run's results (for `water status`), by severity."""
-    summary = QualitySummary()
-    if not wh.relation_exists(PUBLISHED_SCHEMA, "quality_checks"):
-        return summary
-    where = "where stage = %(stage)s" if stage else ""
-    latest = wh.query(
-        f"select run_id, max(checked_at) from water_infrastructure.quality_checks {where}"  # noqa: S608 - constant fragments
-        " group by run_id order by max(checked_at) desc limit 1",
-        {"stage": stage} if stage else None,
-    )
-    if not latest:
-        return summary
-    summary.run_id, summary.checked_at = latest[0]
-    rows = wh.query(
-        "select stage, suite, expectation, severity, status, observed_value"
-        " from water_infrastructure.quality_checks where run_id = %(run_id)s"
-        " order by case severity when 'critical' then 0 else 1 end, suite, expectation",
-        {"run_id": summary.run_id},
-    )
-    for stage_name, suite, expectation, severity, status, observed in rows:
-        if stage_name not in summary.stages:
-            summary.stages.append(stage_name)
-        summary.checks += 1
-        if status == "skipped":
-            summary.skipped += 1
-        elif status in ("failed", "error"):
-            summary.failed_by_severity[severity] = summary.failed_by_severity.get(severity, 0) + 1
-            summary.failures.append((severity, suite, expectation, observed or ""))
-    return summary
-
-
-def run_verdict(critical_failed: int, warning_failed: int) -> str:
-    """The platform's verdict on a gate run: only a critical failure fails it (and stops the
-    publish); failed warnings are recorded and the run passes. (GX's own pages say "Failed"
-    for any unmet expectation, whatever its severity.)"""
-    if critical_failed:
-        return "failed"
-    return f"passed with {warning_failed} warning(s)" if warning_failed else "passed"
-
-
-def format_summary(summary: QualitySummary, limit: int = 10) -> list[str]:
-    """`water status` lines: the latest gate run and its failures, critical first."""
-    if summary.run_id is None:
-        return ["quality           no gate has run yet (`water cycle` or `water validate`)"]
-    critical = summary.failed_by_severity.get("critical", 0)
-    warnings = summary.failed_by_severity.get("warning", 0)
-    skipped = f", {summary.skipped} suite(s) skipped" if summary.skipped else ""
-    stages = "+".join(s for s in STAGES if s in summary.stages)
-    checked_at = (
-        summary.checked_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-        if isinstance(summary.checked_at, datetime)
-        else summary.checked_at
-    )
-    lines = [
-        f"quality           {'FAILED' if critical else 'passed'}: run {summary.run_id} ({stages})"
-        f" at {checked_at}: {summary.checks} checks, {critical} critical and {warnings}"
-        f" warning failure(s){skipped}"
-    ]
-    for severity, suite, expectation, observed in summary.failures[:limit]:
-        lines.append(f"  {severity:<8} {suite}.{expectation}: {_short(observed, 90)}")
-    lines.append(f"  every run and its verdict: water dashboard -> {QUALITY_PAGE_URL}")
-    if len(summary.failures) > limit:
-        lines.append(
-            f"  (+{len(summary.failures) - limit} more in {PUBLISHED_SCHEMA}.quality_checks)"
-        )
-    return lines
-
-
-def format_table(results: Sequence[GateResult], width: int | None = None) -> str:
-    """The plain summary `water validate` prints: one line per expectation."""
-    width = width or max(100, shutil.get_terminal_size((120, 24)).columns)
-    lines = [f"{'suite':<22} {'expectation':<34} {'severity':<9} {'status':<8} observed"]
-    for result in results:
-        for check in result.checks:
-            observed = check.observed_value
-            room = max(20, width - 77)
-            if len(observed) > room:
-                observed = observed[: room - 1] + "…"
-            lines.append(
-                f"{check.suite:<22} {check.expectation:<34} {check.severity:<9} "
-                f"{check.status:<8} {observed}"
-            )
-    critical = sum(len(r.critical_failures) for r in results)
-    warnings = sum(len(r.warnings) for r in results)
-    rows = sum(r.checked_rows for r in results)
-    run_id = results[0].run_id if results else "-"
-    lines.append(
-        f"run {run_id}: {rows:,} row(s) checked; {critical} critical failure(s), "
-        f"{warnings} warning(s)"
-    )
-    return "\n".join(lines)

@@ -14,15 +14,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from expectations.gate import (
-    SEVERITIES,
-    SUITES,
-    QualityError,
-    data_docs_index,
-    gate,
-    latest_results,
-    run_suites,
-)
+from expectations.gate import gate, run_suites
+from expectations.results import latest_results
+from expectations.suites import SEVERITIES, SUITES, QualityError, data_docs_index
 from flows.kernel.dbt_runner import run_dbt
 from flows.kernel.settings import PROJECT_ROOT, Target
 from flows.kernel.warehouse import connect

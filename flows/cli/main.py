@@ -409,7 +409,9 @@ def dashboard(host, port, target_name):
 def validate(suite, target_name):
     """Run the Great Expectations suites now on each table's last day of rows."""
     # Imported when the command runs: `water --help` stays fast.
-    from expectations.gate import data_docs_index, format_table, run_suites, run_verdict
+    from expectations.gate import run_suites
+    from expectations.results import format_table, run_verdict
+    from expectations.suites import data_docs_index
     from flows.kernel.settings import QUALITY_PAGE_URL
 
     results = run_suites(_target(target_name), suite=suite)

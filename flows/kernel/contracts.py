@@ -12,6 +12,9 @@ from typing import Any
 
 from flows.kernel.settings import PUBLISHED_SCHEMA
 
+# dbt's staging models (views) live here; the gates and the cycle read stg_raw__sensor_readings.
+STAGING_SCHEMA = "water_staging"
+
 # -- Redis: key layout (README "Redis"; docs/operations.md) ----------------------------------
 SCHEMA_VERSION = 1
 REDIS_PREFIX = "water:"

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from datetime import date
 from typing import Any, TypeVar
 
-from expectations.gate import ensure_quality_table, gate
+from expectations.gate import gate
+from expectations.results import ensure_quality_table
 from flows.kernel import progress
+from flows.kernel.contracts import STAGING_SCHEMA
 from flows.kernel.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
 from flows.kernel.jsonable import jsonable
 from flows.kernel.raw_store import ensure_raw_tables
@@ -46,9 +48,6 @@ log = logging.getLogger("water.cycle")
 
 
 T = TypeVar("T")
-
-
-STAGING_SCHEMA = "water_staging"
 
 
 def new_cycle_id() -> str:

@@ -6,7 +6,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from expectations.gate import format_summary, latest_results
+from expectations.results import format_summary, latest_results
 from flows.kernel.settings import PUBLISHED_SCHEMA, Target
 from flows.kernel.warehouse import Warehouse, connect
 from flows.pipeline.jobs import format_jobs, jobs_summary
@@ -24,7 +24,7 @@ class Status:
     nodes_total: int = 0
     nodes_without_metadata: list[str] = field(default_factory=list)
     built: bool = False
-    quality: Any = None  # expectations.gate.QualitySummary of the latest gate run
+    quality: Any = None  # expectations.results.QualitySummary of the latest gate run
     jobs: Any = None  # flows.pipeline.jobs.JobsSummary: recent jobs, watermark, last publish
     ml: Any = None  # ml.status.MLStatus: active models and their latest scores
 
