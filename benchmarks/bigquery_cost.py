@@ -1,6 +1,6 @@
 """BigQuery bytes scanned per 30-minute cycle (issue 12), measured on the emulator's statements.
 
-    .venv/bin/python benchmarks/bigquery_cost.py [--nodes 2] [--short-days 2] [--long-days 8]
+    .venv/bin/python benchmarks/bigquery_cost.py [--nodes 2] [--short-days 5] [--long-days 10]
 
 The emulator (crucible) has no dry run and reports 0 bytes, so the bytes a statement would
 bill are computed from what BigQuery documents: a query reads the partitions its constant
@@ -457,8 +457,9 @@ def summarise(short: dict, long: dict, nodes: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--short-days", type=int, default=2)
-    parser.add_argument("--long-days", type=int, default=8)
+    # Both longer than the re-scoring lookback (3-4 partitions), or the short one runs out.
+    parser.add_argument("--short-days", type=int, default=5)
+    parser.add_argument("--long-days", type=int, default=10)
     args = parser.parse_args()
 
     from tests.bigquery_emulator import running_emulator
