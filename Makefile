@@ -79,6 +79,7 @@ bench: install  ## every benchmark (tens of minutes; see README "Performance")
 	$(BIN)/python benchmarks/ml_quality.py
 	$(BIN)/python benchmarks/leak_detection.py
 	$(BIN)/python benchmarks/cycle_latency.py
+	$(BIN)/python benchmarks/bigquery_cost.py
 	$(BIN)/python benchmarks/api_load.py
 
 clean:

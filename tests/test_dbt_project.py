@@ -50,6 +50,8 @@ def test_large_bigquery_models_are_day_partitioned_and_clustered_by_node(bigquer
         ("int_metrics_scored", "window_start"),
         ("computed_metrics", "window_start"),
         ("data_quality_metrics", "window_start"),
+        ("rejected_readings", "timestamp"),
+        ("int_node_baselines_computed", "key_hour_start"),
     ):
         partition, cluster = layout[name]
         assert partition == {"field": column, "data_type": "timestamp", "granularity": "day"}

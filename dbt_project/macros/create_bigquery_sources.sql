@@ -31,7 +31,9 @@
             `timestamp` timestamp, node_id string, node_name string, flow_rate float64,
             pressure float64, temperature float64, volume float64, quality_score float64,
             loaded_at timestamp not null, batch_id string not null, batch_row int64 not null)
-        " ~ bigquery_table_layout('date(`timestamp`)', ['loaded_at', 'node_id']),
+        " ~ bigquery_table_layout('timestamp_trunc(`timestamp`, day)', ['loaded_at', 'node_id']),
+        "create table if not exists " ~ bigquery_raw_relation('sensor_readings_landing_log') ~ " (
+            batch_id string not null, landed_at timestamp not null, scope_start timestamp not null)",
         "create table if not exists " ~ raw.incorporate(path={'identifier': 'node_metadata'}) ~ " (
             node_id string not null, node_name string, node_type string, district string,
             latitude float64, longitude float64, balance_role string, expected_cadence_s int64,

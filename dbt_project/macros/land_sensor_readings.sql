@@ -38,11 +38,17 @@
     {%- set production = landing.incorporate(path={'identifier': 'sensor_readings_ml'}) -%}
     {%- set columns = ['timestamp', 'node_id', 'node_name', 'flow_rate', 'pressure', 'temperature', 'volume', 'quality_score'] -%}
     {%- set ts = adapter.quote('timestamp') -%}
-    {%- set start = utc_timestamp(since ~ ' 00:00:00+00') if since else 'timestamp_sub(current_timestamp(), interval ' ~ (late_window_hours | int) ~ ' hour)' -%}
+    {#- One landing time for the batch, recorded in the landing log before the rows land: the
+        models' partition scope (bigquery_scope_start) then covers every landed row. -#}
+    {%- set now = run_query('select current_timestamp() as now').rows[0]['now'] -%}
+    {%- set landed_at = "timestamp '" ~ now.strftime('%Y-%m-%d %H:%M:%S.%f') ~ "+00'" -%}
+    {%- set window_start = now - modules.datetime.timedelta(hours=late_window_hours | int) -%}
+    {#- A literal, not timestamp_sub(...): the plainest constant for partition pruning. -#}
+    {%- set start = utc_timestamp(since ~ ' 00:00:00+00') if since else "timestamp '" ~ window_start.strftime('%Y-%m-%d %H:%M:%S.%f') ~ "+00'" -%}
     {%- set scope -%}
         (
             ({{ ts }} >= {{ start }}{% if until %} and {{ ts }} < {{ utc_timestamp(until ~ ' 00:00:00+00') }}{% endif %})
-            or {{ ts }} > current_timestamp()
+            or {{ ts }} > {{ landed_at }}
             or {{ ts }} is null
             or {{ ts }} < {{ utc_timestamp(var('min_valid_timestamp') ~ ' 00:00:00+00') }}
         )
@@ -84,11 +90,32 @@
 
         select
             {{ column_list }},
-            current_timestamp() as loaded_at,
+            {{ landed_at }} as loaded_at,
             '{{ batch_id }}' as batch_id,
             row_number() over (order by {{ ts }}, node_id, flow_rate, pressure) as batch_row
         from new_rows
     {%- endset -%}
+    {%- do run_query(
+        "insert into " ~ bigquery_raw_relation('sensor_readings_landing_log')
+        ~ " (batch_id, landed_at, scope_start) values ('" ~ batch_id ~ "', " ~ landed_at
+        ~ ", timestamp_trunc(" ~ start ~ ", day))"
+    ) -%}
     {%- set response, table = adapter.execute(sql) -%}
+    {#- The scope narrowed to the earliest day of the rows that did land (a normal cycle: today),
+        read back within the same partitions; the pre-2000 and NULL partitions are always in
+        the quarantine's scope. If this fails, the wider scope above stays: safe, dearer. -#}
+    {%- set narrowed -%}
+        merge into {{ bigquery_raw_relation('sensor_readings_landing_log') }} as log
+        using (
+            select timestamp_trunc(coalesce(min({{ ts }}), {{ landed_at }}), day) as scope_start
+            from {{ landing }}
+            where {{ scope }}
+                and batch_id = '{{ batch_id }}'
+                and {{ ts }} >= {{ utc_timestamp(var('min_valid_timestamp') ~ ' 00:00:00+00') }}
+        ) as landed
+        on log.batch_id = '{{ batch_id }}'
+        when matched then update set scope_start = landed.scope_start
+    {%- endset -%}
+    {%- do run_query(narrowed) -%}
     {{ log("landed " ~ (response.rows_affected if response.rows_affected is not none else '?') ~ " new row(s) of " ~ production ~ " into " ~ landing ~ " (batch " ~ batch_id ~ ")", info=True) }}
 {%- endmacro %}

@@ -3,7 +3,8 @@
         unique_key=['node_id', 'window_start'],
         incremental_strategy='merge',
         pre_hook=["{{ refresh_statistics(ref('int_metrics_windowed')) }}", "{{ refresh_statistics(ref('int_readings_deduplicated')) }}", "{{ refresh_statistics(ref('int_node_baselines_computed')) }}"],
-        post_hook=["{{ refresh_statistics(this) }}"],
+        post_hook=["{{ refresh_statistics(this) }}", "{{ bigquery_record_scope() }}"],
+        meta={'bigquery_scope': {'column': 'window_start', 'lookback_days': var('bigquery_rescore_lookback_days')}},
         indexes=[
             {'columns': ['node_id', 'window_start'], 'unique': true},
             {'columns': ['scored_at']},
@@ -21,7 +22,10 @@
     after it, runs of unchanged readings and totaliser steps that start before it), or its
     baseline (late data in an earlier week). The re-scored set is the touched windows of each
     node, from the last window before them to var('anomaly_stuck_min_readings') readings
-    after them, plus the windows whose baseline was recomputed. -#}
+    after them, plus the windows whose baseline was recomputed. On BigQuery windows and
+    readings are read from var('bigquery_rescore_lookback_days') days before the new data's
+    earliest day (a constant partition bound), so a window before a longer silence is not
+    re-scored there (docs/bigquery.md "Cost model"). -#}
 {%- set stuck_n = var('anomaly_stuck_min_readings') -%}
 {%- set max_gap = var('totaliser_max_gap_s') -%}
 {%- set default_cadence = var('default_expected_cadence_s') -%}
@@ -56,6 +60,7 @@ windows as (
         computed_at
     from {{ ref('int_metrics_windowed') }}
     where time_window = '5min'
+        and {{ bigquery_partition_filter('window_start', var('bigquery_rescore_lookback_days')) }}
 
 ),
 
@@ -76,12 +81,16 @@ readings as (
 
     select node_id, reading_at, flow_rate, pressure, volume, loaded_at
     from {{ ref('int_readings_deduplicated') }}
+    -- the earlier readings a re-scored window's checks look at: a day more
+    where {{ bigquery_partition_filter('reading_at', var('bigquery_rescore_lookback_days') + 1) }}
 
 ),
 
 baselines as (
 
     select * from {{ ref('int_node_baselines_computed') }}
+    -- a key's first hour lies within two hours of its windows
+    where {{ bigquery_partition_filter('key_hour_start', var('bigquery_rescore_lookback_days') + 1) }}
 
 ),
 
@@ -106,7 +115,7 @@ node_settings as (
 
 watermark as (
 
-    {{ last_run_watermark('scored_at') }}
+    {{ last_run_watermark('scored_at', 'window_start') }}
 
 ),
 
@@ -149,6 +158,7 @@ earlier_days as (
         on touched_ranges.node_id = days.node_id
         and days.time_window = '1day'
         and touched_ranges.first_touched_day > days.window_start
+    where {{ bigquery_partition_filter('days.window_start', var('bigquery_rescore_lookback_days')) }}
     group by touched_ranges.node_id
 
 ),

@@ -6,7 +6,8 @@
             {'columns': ['node_id', 'time_window', 'window_start'], 'unique': true},
             {'columns': ['computed_at']},
         ] if target.type == 'postgres' else [],
-        post_hook=["{{ refresh_statistics(this) }}"],
+        post_hook=["{{ refresh_statistics(this) }}", "{{ bigquery_record_scope() }}"],
+        meta={'bigquery_scope': {'column': 'window_start'}},
     )
 }}
 {#- 5min / 1hour / 1day statistics per node, UTC epoch-aligned.
@@ -16,7 +17,9 @@
     delta changes when a reading is inserted before it). Only touched windows are
     merged; they are recomputed from whole UTC days of the affected nodes, so the
     result equals a full rebuild. 1hour and 1day roll up exact partial aggregates of
-    the 5min windows (widths 300 | 3600 | 86400 nest). -#}
+    the 5min windows (widths 300 | 3600 | 86400 nest). On BigQuery the reads and the MERGE
+    stay within the day partitions of rows landed since the last run, plus the day before
+    (docs/bigquery.md "Cost model"). -#}
 {%- set max_gap = var('totaliser_max_gap_s') -%}
 {%- set widths = window_widths() -%}
 
@@ -38,7 +41,7 @@ nodes as (
 
 watermark as (
 
-    {{ last_run_watermark('last_loaded_at') }}
+    {{ last_run_watermark('last_loaded_at', 'window_start') }}
 
 ),
 
@@ -48,6 +51,7 @@ new_readings as (
     from readings
     cross join watermark
     where {{ is_after_watermark('readings.loaded_at') }}
+        and {{ bigquery_partition_filter('readings.reading_at') }}
 
 ),
 
@@ -76,6 +80,8 @@ scoped_readings as (
         and readings.reading_at >= {{ add_seconds('recompute_ranges.range_start', -max_gap) }}
         and readings.reading_at < recompute_ranges.range_end
     cross join watermark
+    -- a constant bound BigQuery prunes on: the day before the earliest new reading's day
+    where {{ bigquery_partition_filter('readings.reading_at', 1) }}
 
 ),
 

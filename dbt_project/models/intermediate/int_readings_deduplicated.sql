@@ -6,12 +6,15 @@
             {'columns': ['node_id', 'reading_at'], 'unique': true},
             {'columns': ['loaded_at']},
         ] if target.type == 'postgres' else [],
-        post_hook=["{{ refresh_statistics(this) }}"],
+        post_hook=["{{ refresh_statistics(this) }}", "{{ bigquery_record_scope() }}"],
+        meta={'bigquery_scope': {'column': 'reading_at'}},
     )
 }}
 {#- Valid readings, one per (node_id, reading_at): of repeats the highest quality_score
     wins (ties: first loaded). Incremental by ingestion time: new rows only compete with
-    the current winner of their key, which gives the same result as ranking everything. -#}
+    the current winner of their key, which gives the same result as ranking everything.
+    On BigQuery every read and the MERGE stay within the day partitions of the rows landed
+    since the last run (bigquery_partition_filter; docs/bigquery.md "Cost model"). -#}
 with
 
 valid_readings as (
@@ -29,7 +32,7 @@ valid_readings as (
         batch_id,
         batch_row
     from {{ ref('stg_raw__sensor_readings') }}
-    where is_valid
+    where is_valid and {{ bigquery_partition_filter('reading_at') }}
 
 ),
 
@@ -37,7 +40,7 @@ valid_readings as (
 
 watermark as (
 
-    {{ last_run_watermark('loaded_at') }}
+    {{ last_run_watermark('loaded_at', 'reading_at') }}
 
 ),
 
@@ -67,6 +70,7 @@ candidates as (
     inner join new_keys
         on current_winners.node_id = new_keys.node_id
         and current_winners.reading_at = new_keys.reading_at
+    where {{ bigquery_partition_filter('current_winners.reading_at') }}
 
 ),
 

@@ -7,6 +7,8 @@
             {'columns': ['node_id', 'time_window', 'window_start'], 'unique': true},
             {'columns': ['time_window', 'window_end']},
         ] if target.type == 'postgres' else [],
+        post_hook=["{{ bigquery_record_scope() }}"],
+        meta={'bigquery_scope': {'column': 'window_start', 'lookback_days': var('bigquery_rescore_lookback_days')}},
     )
 }}
 {#- The published windowed metrics (DESIGN.md contract). Windows recomputed in
@@ -26,7 +28,8 @@
     5 minutes of the node's last reading, or at least the grace (default 2 hours) in the
     past. 5-minute windows are published as they fill, so the hot cache shows the newest
     readings. Windows that close in this run are merged even when no new reading falls in
-    them.
+    them. On BigQuery reads and the MERGE stay within the partitions from
+    var('bigquery_rescore_lookback_days') days before the new data (docs/bigquery.md).
     -#}
 {%- set widths = window_widths() -%}
 -- depends_on: {{ ref('int_metrics_scored') }}
@@ -42,7 +45,7 @@ closing_clocks as (
 
 watermark as (
 
-    {{ last_run_watermark('computed_at') }}
+    {{ last_run_watermark('computed_at', 'window_start') }}
 
 ),
 
@@ -52,6 +55,7 @@ recount_points as (
     from {{ ref('int_metrics_scored') }} as scored
     cross join watermark
     where {{ is_after_watermark('scored.scored_at') }}
+        and {{ bigquery_partition_filter('scored.window_start', var('bigquery_rescore_lookback_days')) }}
 
     union distinct
 
@@ -68,6 +72,7 @@ changed_windows as (
     from {{ ref('int_metrics_windowed') }} as recomputed
     cross join watermark
     where {{ is_after_watermark('recomputed.computed_at') }}
+        and {{ bigquery_partition_filter('recomputed.window_start') }}
 
     union distinct
 
@@ -88,6 +93,9 @@ published_windows as (
     left join {{ this }} as published
         on closing_clocks.node_id = published.node_id
         and published.time_window <> '5min'
+        -- (BigQuery: a node with nothing published in the scope re-publishes its closed
+        -- windows of the scope, unchanged)
+        and {{ bigquery_partition_filter('published.window_start', var('bigquery_rescore_lookback_days')) }}
     group by closing_clocks.node_id, closing_clocks.closed_until
 
 ),
@@ -102,6 +110,7 @@ closed_windows as (
         and candidates.window_end > published_windows.published_until
         -- implied by the line above (no window is wider than a day); lets PostgreSQL use the key index
         and candidates.window_start > {{ add_seconds('published_windows.published_until', -86400) }}
+        and {{ bigquery_partition_filter('candidates.window_start', var('bigquery_rescore_lookback_days')) }}
 
 ),
 
@@ -122,6 +131,8 @@ windowed as (
         and all_windows.time_window = publishable_windows.time_window
         and all_windows.window_start = publishable_windows.window_start
     where all_windows.window_start >= (select min(publishable_windows.window_start) from publishable_windows)
+        -- the constant bound BigQuery prunes on; windows before it are not merged there
+        and {{ bigquery_partition_filter('all_windows.window_start', var('bigquery_rescore_lookback_days')) }}
 
 ),
 
