@@ -14,6 +14,8 @@ Three detectors are scored against the generator's ground truth (`realistic_trut
 * **events**: every warning-or-critical incident of `water_infrastructure.anomaly_events`, raised
   at its `alerted_at` (when it met its severity's persistence rule), attributed to its district;
   the operator's alarm budget is counted in these;
+* **balance**: the district water balance's own events among them (`district_leak` from the
+  night-loss CUSUM, `district_burst` from the 5-minute inflow residual; docs/anomalies.md);
 * **windows**: every warning-or-critical row of `water_infrastructure.anomalies`, the per-window
   evidence behind the events (node windows are raised at the end of their 5-minute window, night
   flow at the end of the night);
@@ -81,6 +83,29 @@ class Network:
     alarms: dict[
         str, pd.DataFrame
     ]  # detector -> alarms (district, node_id, raised_at, kind, severity)
+    tracker: pd.DataFrame  # int_district_leaks_tracked: per district-night leak state
+
+
+def leak_flow_estimates(net: Network) -> pd.DataFrame:
+    """Per open leak and local day after its alarm: the true mean leak flow of that day, the
+    tracker's estimate (mean excess of the leak's last 7 nights, known at 04:00) and the naive
+    one (yesterday's night excess alone), in L/s."""
+    flows = net.truth.district_flows
+    local_day = flows.timestamp.dt.tz_convert("Europe/Rome").dt.date
+    truth = flows.assign(day=local_day).groupby(["district", "day"]).leak_flow.mean()
+    rows = []
+    for inc in net.truth.incidents[net.truth.incidents.kind == "leak"].itertuples():
+        t = net.tracker[net.tracker.district == inc.district].sort_values("night_date")
+        t = t.assign(yesterday=t.excess_lps.shift(1))
+        start = inc.start.tz_convert("Europe/Rome").date()
+        for n in t[t.is_open.astype(bool) & (t.night_date > start)].itertuples():
+            true_flow = truth.get((inc.district, n.night_date))
+            if true_flow is None or not true_flow > 0 or pd.isna(n.yesterday):
+                continue
+            rows.append(
+                (inc.magnitude, inc.shape, true_flow, n.estimated_leak_flow_lps, n.yesterday)
+            )
+    return pd.DataFrame(rows, columns=["magnitude", "shape", "truth", "ours", "naive"])
 
 
 def build(config: SyntheticConfig, workdir: Path) -> Network:
@@ -98,6 +123,16 @@ def build(config: SyntheticConfig, workdir: Path) -> Network:
             " alerted_at as raised_at from water_infrastructure.anomaly_events"
             " where severity in ('warning', 'critical')"
         )
+        balance = wh.query_df(
+            "select district, subject as node_id, anomaly_type as kind, severity,"
+            " alerted_at as raised_at from water_infrastructure.anomaly_events"
+            " where severity in ('warning', 'critical')"
+            " and anomaly_type in ('district_leak', 'district_burst')"
+        )
+        tracker = wh.query_df(
+            "select district, night_date, is_open, excess_lps, estimated_leak_flow_lps"
+            " from water_staging.int_district_leaks_tracked"
+        )
         windows = wh.query_df(
             "select a.district, a.node_id, a.anomaly_type as kind, a.severity,"
             " coalesce(n.night_end_at, a.window_start + interval 5 minute) as raised_at"
@@ -107,7 +142,7 @@ def build(config: SyntheticConfig, workdir: Path) -> Network:
             "   and a.window_start = n.night_start_at"
             " where a.severity in ('warning', 'critical')"
         )
-    for frame in (events, windows):
+    for frame in (events, balance, windows):
         frame["raised_at"] = pd.to_datetime(frame["raised_at"], utc=True)
     meta = node_metadata(config)
     raw = pq.read_table(
@@ -115,8 +150,9 @@ def build(config: SyntheticConfig, workdir: Path) -> Network:
         filters=[("node_id", "in", meta[meta.balance_role == "inlet"].node_id.tolist())],
     ).to_pandas()
     rule = night_flow_rule(raw, meta)
-    alarms = {"events": events, "windows": windows, "night rule": rule}
-    return Network(config, realistic_truth(config), meta, alarms)
+    alarms = {"events": events, "balance": balance, "windows": windows, "night rule": rule}
+    tracker["night_date"] = pd.to_datetime(tracker["night_date"]).dt.date
+    return Network(config, realistic_truth(config), meta, alarms, tracker)
 
 
 def night_flow_rule(raw: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
@@ -227,7 +263,8 @@ def report(nets: list[Network], clean: Network, args, seconds: float) -> str:
         "",
         "| incident | n "
         + "".join(
-            f"| {d}: found | within 3 nights / 30 min | median delay | chance " for d in detectors
+            f"| {d}: found | within 3 nights / 30 min (10 % bursts: 2 h) | median delay | chance "
+            for d in detectors
         )
         + "|",
         "|---|---" + "|---|---|---|---" * len(detectors) + "|",
@@ -242,7 +279,8 @@ def report(nets: list[Network], clean: Network, args, seconds: float) -> str:
                 cells += ["-"] * 4
                 continue
             found = rows[rows.found]
-            fast = 72.0 if label.startswith("leak") else 0.5
+            # the issue's marks: leaks within 3 nights, 10 % bursts within 2 h, larger ones 30 min
+            fast = 72.0 if label.startswith("leak") else 2.0 if label == "burst 10 %" else 0.5
             quick = (found.delay_h <= fast).sum()
             ch = chance[d][chance[d].incident == label]
             med = f"{found.delay_h.median():.1f} h" if len(found) else "-"
@@ -275,6 +313,26 @@ def report(nets: list[Network], clean: Network, args, seconds: float) -> str:
             f"| {fa['alarms'] / fa['node_days']:.4f} ({fa['alarms']} in {fa['node_days']:.0f}) "
             f"| {fa['alarms'] / fa['weeks']:.1f} | {fa['criticals']} | {kinds} |"
         )
+    est = pd.concat([leak_flow_estimates(n) for n in nets])
+    est = est[(est.magnitude >= 0.05) | (est["shape"] == "ramp")]
+    if len(est):
+        lines += [
+            "",
+            "Daily leak flow of open leaks of >= 5 % (and the growing one), after their alarm: "
+            f"{len(est)} leak-days. Error = |estimate - true mean leak flow of the day| / true.",
+            "",
+            "| estimator | mean abs error | median | leak-days within 20 % |",
+            "|---|---|---|---|",
+        ]
+        for name, column in (
+            ("tracker (mean excess of the last 7 open nights)", "ours"),
+            ("naive (yesterday's night excess)", "naive"),
+        ):
+            err = (est[column] - est.truth).abs() / est.truth
+            lines.append(
+                f"| {name} | {100 * err.mean():.1f} % | {100 * err.median():.1f} % "
+                f"| {100 * (err <= 0.2).mean():.0f} % |"
+            )
     return "\n".join(lines)
 
 

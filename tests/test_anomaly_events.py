@@ -80,7 +80,12 @@ class Built:
 def read(target: Target) -> Built:
     with connect(target) as wh:
         anomalies = wh.query_df("select * from water_infrastructure.anomalies")
-        events = wh.query_df("select * from water_infrastructure.anomaly_events")
+        # the district balance's own events (district_leak, district_burst) group no anomalies
+        # rows: tests/test_district_balance.py checks them
+        events = wh.query_df(
+            "select * from water_infrastructure.anomaly_events"
+            " where anomaly_type not in ('district_leak', 'district_burst')"
+        )
         meta = wh.query_df("select node_id, node_type from water_staging.stg_raw__node_metadata")
         horizon = wh.scalar(
             "select max(last_reading_at) from water_staging.int_metrics_windowed"

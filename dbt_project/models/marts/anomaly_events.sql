@@ -25,7 +25,10 @@
 
     Rebuilt from `anomalies` on every run (a table of incidents is small): the same anomalies
     give the same events and ids, so re-running changes nothing. event_id = md5(subject |
-    anomaly_type | measurement_type | started_at epoch seconds). -#}
+    anomaly_type | measurement_type | started_at epoch seconds).
+
+    The district balance's leaks and bursts (int_district_balance_events) join as events of their
+    own (district_leak, district_burst) with an estimated flow (L/s) and lost volume (m3). -#}
 {%- set node_quiet_s = var('anomaly_event_quiet_period_s') -%}
 {%- set night_quiet_s = var('anomaly_event_night_quiet_period_s') -%}
 {%- set night_s = 3600 * (var('night_flow_end_hour') - var('night_flow_start_hour')) -%}
@@ -35,6 +38,7 @@
 {%- set stuck_deadband_min_s = var('anomaly_event_stuck_deadband_min_duration_s') -%}
 {%- set immediate_types = ['data_gap', 'sensor_silent', 'totaliser_reset', 'totaliser_backwards', 'night_flow_high'] -%}
 {%- set deadband_node_types = var('anomaly_deadband_node_types') -%}
+{%- set double = 'float64' if target.type == 'bigquery' else 'double precision' -%}
 
 with
 
@@ -229,7 +233,9 @@ final as (
         peaks.peak_expected_value,
         peaks.peak_deviation_percentage,
         persistence.typical_actual_value,
-        persistence.typical_expected_value
+        persistence.typical_expected_value,
+        cast(null as {{ double }}) as estimated_flow_lps,
+        cast(null as {{ double }}) as lost_volume_m3
     from persistence
     inner join peaks
         on persistence.subject = peaks.subject
@@ -238,6 +244,37 @@ final as (
         and persistence.event_number = peaks.event_number
     cross join horizon
 
+),
+
+{# Leaks and bursts of the district water balance, already grouped into incidents. #}
+balance_events as (
+
+    select
+        {{ md5_hex("concat(subject, '|', anomaly_type, '|', measurement_type, '|', cast("
+            ~ epoch_seconds('started_at') ~ " as " ~ dbt.type_string() ~ "))") }} as event_id,
+        subject,
+        district,
+        anomaly_type,
+        measurement_type,
+        severity,
+        started_at,
+        last_seen_at,
+        ended_at,
+        status,
+        alerted_at,
+        window_count,
+        duration_s,
+        peak_actual_value,
+        peak_expected_value,
+        peak_deviation_percentage,
+        typical_actual_value,
+        typical_expected_value,
+        estimated_flow_lps,
+        lost_volume_m3
+    from {{ ref('int_district_balance_events') }}
+
 )
 
 select * from final
+union all
+select * from balance_events
