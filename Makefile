@@ -8,8 +8,10 @@ export DBT_PROFILES_DIR := $(CURDIR)
 export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# Podman reads the project's settings (runc, cgroupfs, ulimits; deploy/containers/containers.conf).
+export CONTAINERS_CONF ?= $(CURDIR)/deploy/containers/containers.conf
 
-.PHONY: install emulator demo dashboard test test-fast lint format docs serve deploy worker bench bench-cycle clean
+.PHONY: install emulator demo dashboard test test-fast lint format docs serve deploy worker bench bench-cycle containers containers-test clean
 
 # The offline BigQuery emulator the tests run the BigQuery target on. It lives in a venv of
 # its own: it needs duckdb 1.5 while the project pins duckdb 2.0 (docs/bigquery.md).
@@ -81,6 +83,13 @@ bench: install  ## every benchmark (tens of minutes; see README "Performance")
 	$(BIN)/python benchmarks/cycle_latency.py
 	$(BIN)/python benchmarks/bigquery_cost.py
 	$(BIN)/python benchmarks/api_load.py
+
+containers:  ## build the images with podman (a local Debian base first when missing; README "Containers")
+	deploy/containers/build.sh
+
+# Not part of `make test` (testpaths is tests/); .ci/run runs it after the suite.
+containers-test: install  ## build what is missing, run the compose stack end to end, tear it all down
+	$(BIN)/pytest -q -p no:cacheprovider deploy/tests
 
 clean:
 	rm -rf $(DBT_DIR)/target $(DBT_DIR)/logs data/warehouse.duckdb data/landing
