@@ -34,7 +34,7 @@ import psycopg
 from flows.config import PUBLISHED_SCHEMA, Target
 from flows.warehouse import Warehouse, WarehouseError, connect
 
-JOB_TYPES = ("cycle", "backfill", "evaluation", "retraining")
+JOB_TYPES = ("cycle", "backfill", "evaluation", "retraining", "backup", "restore")
 JOB_STATUSES = ("running", "completed", "failed", "skipped")
 # Jobs that must not overlap share a lock. Cycles and backfills both load raw and run dbt.
 LOCK_FOR_JOB = {
@@ -42,6 +42,9 @@ LOCK_FOR_JOB = {
     "backfill": "warehouse",
     "evaluation": "models",
     "retraining": "models",
+    # Backups never overlap each other; a DuckDB copy and any restore also take "warehouse".
+    "backup": "backup",
+    "restore": "backup",
 }
 WATERMARK_KEY = "cycle_watermark"
 # Node metadata changes also need a dbt run (the nodes mart), even without new readings.
@@ -453,6 +456,16 @@ def _close_row(wh, job, status, error_message, rows_in, rows_rejected, data_star
             "data_end": data_end,
             "job_id": job.job_id,
         },
+    )
+
+
+def complete_restored_job(wh: Warehouse, job_id: str, summary: dict[str, Any]) -> None:
+    """A backup's row as restored from its own dump (`running`), closed as it really ended."""
+    wh.execute(
+        f"update {PUBLISHED_SCHEMA}.processing_jobs set status = 'completed',"
+        " completed_at = coalesce(completed_at, %(now)s), result_summary = %(summary)s"
+        " where job_id = %(job_id)s and status = 'running'",
+        {"now": utcnow(), "summary": to_json(summary), "job_id": job_id},
     )
 
 
