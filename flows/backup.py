@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from flows import read_snapshot
 from flows.config import PROJECT_ROOT, Target, load_settings
 from flows.jobs import (
     LOCK_FOR_JOB,
@@ -293,6 +294,7 @@ def restore(
                      target, "pg_restore")  # fmt: skip
             else:
                 _replace_duckdb(target, path / DUCKDB_FILE)
+                read_snapshot.refresh(target)  # readers see the restored data
         if ARTIFACTS_FILE in manifest["files"]:
             summary["artifacts"] = str(
                 _replace_artifacts(

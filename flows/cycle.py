@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import psycopg
 import redis
 
-from flows import progress
+from flows import progress, read_snapshot
 from flows.config import PUBLISHED_SCHEMA, Target
 from flows.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
 from flows.jobs import (
@@ -377,7 +377,14 @@ class _Run:
         return failure
 
     def end(self) -> None:
-        self.lock.release()
+        try:
+            if self.target.type == "duckdb" and self.job is not None:
+                # Readers open this copy, never the live file (flows/read_snapshot.py).
+                read_snapshot.refresh(self.target)
+        except Exception as exc:  # noqa: BLE001 - readers keep the previous snapshot
+            log.warning("the DuckDB read snapshot was not refreshed: %s", _one_line(exc))
+        finally:
+            self.lock.release()
 
     @contextmanager
     def closing(self) -> Iterator[None]:
