@@ -110,7 +110,17 @@ def backup(
             raise BackupError(
                 f"backup of {target.describe()}: another backup or restore is running"
             )
-        return _backup(target, root, keep, artifacts_dir, triggered_by, flow_run_id)
+        if target.type == "postgres":
+            return _backup(target, root, keep, artifacts_dir, triggered_by, flow_run_id)
+        # DuckDB: between cycles, for the whole job (a cycle holds the file while dbt runs).
+        with RunLock(target, LOCK_FOR_JOB["cycle"]) as warehouse:
+            if not warehouse.acquire(LOCK_WAIT_S):
+                raise BackupError(
+                    f"backup of {target.duckdb_path}: a cycle held the warehouse for"
+                    f" {LOCK_WAIT_S:.0f} s"
+                )
+            warehouse.note(step="backup")
+            return _backup(target, root, keep, artifacts_dir, triggered_by, flow_run_id)
 
 
 def _backup(target, root, keep, artifacts_dir, triggered_by, flow_run_id) -> BackupResult:
@@ -168,17 +178,11 @@ def _summary(result: BackupResult) -> dict[str, Any]:
 
 
 def _copy_duckdb(target: Target, dest: Path) -> None:
-    """A consistent copy between cycles: run lock held, file open here, WAL checkpointed."""
+    """A consistent copy (the caller holds the run lock): file open here, WAL checkpointed."""
     assert target.duckdb_path is not None
-    with RunLock(target, LOCK_FOR_JOB["cycle"]) as lock:
-        if not lock.acquire(LOCK_WAIT_S):
-            raise BackupError(
-                f"backup of {target.duckdb_path}: a cycle held the warehouse for {LOCK_WAIT_S:.0f} s"
-            )
-        lock.note(step="backup")
-        with open_warehouse(target) as wh:
-            wh.execute("checkpoint")
-            shutil.copyfile(target.duckdb_path, dest)
+    with open_warehouse(target) as wh:
+        wh.execute("checkpoint")
+        shutil.copyfile(target.duckdb_path, dest)
 
 
 def _describe(path: Path) -> dict[str, Any]:
