@@ -20,7 +20,7 @@ from api.jsonable import now_utc, parse_iso
 from api.metrics import PlatformState
 from api.store import ReadOnlyWarehouse, open_readonly
 from api.trigger import cycle_lock_held
-from flows.jobs import is_duckdb_busy
+from flows.jobs import LOCK_FOR_JOB, is_duckdb_busy, lock_holder_note
 from flows.warehouse import WarehouseError
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,15 @@ def running_cycle(wh: ReadOnlyWarehouse, target) -> dict[str, Any] | None:
     if not cycle_lock_held(target):
         return None
     jobs = queries.recent_jobs(wh, CYCLE_JOB_TYPE, limit=1, status="running")
-    return (
-        jobs[0] if jobs else {"job_id": "unknown", "job_type": CYCLE_JOB_TYPE, "status": "running"}
-    )
+    if jobs:
+        return jobs[0]
+    # DuckDB readers see the snapshot of the last finished run; the lock file names the job.
+    note = lock_holder_note(target, LOCK_FOR_JOB[CYCLE_JOB_TYPE]) or {}
+    return {
+        "job_id": note.get("job_id") or "unknown",
+        "job_type": CYCLE_JOB_TYPE,
+        "status": "running",
+    }
 
 
 def _read_database(wh: ReadOnlyWarehouse, target, now: datetime) -> DatabaseView:
