@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from api.auth import TokenVerifier, require_read
 from api.cache import Cache
 from api.metrics import ApiMetrics, RequestMetricsMiddleware
-from api.ratelimit import SlidingWindowLimiter
+from api.ratelimit import SharedLimiter
 from api.routers import anomalies, docs, efficiency, nodes, ops, processing, status
 from api.settings import ApiSettings
 from api.trigger import make_launcher
@@ -62,7 +62,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.cache = cache
     app.state.verifier = TokenVerifier(settings)
     app.state.metrics = ApiMetrics()
-    app.state.trigger_limiter = SlidingWindowLimiter(settings.trigger_rate)
+    # One allowance per client and deployment (the target), shared by every worker on this Redis.
+    app.state.trigger_limiter = SharedLimiter(
+        settings.trigger_rate, settings.redis_url, scope=_limit_scope(settings)
+    )
     app.state.launcher = make_launcher(settings)
     app.state.trigger_lock = asyncio.Lock()
 
@@ -105,6 +108,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "the trigger still needs a token with the `trigger` scope"
         )
     return app
+
+
+def _limit_scope(settings: ApiSettings) -> str:
+    import hashlib
+
+    return "trigger:" + hashlib.sha256(settings.target.describe().encode()).hexdigest()[:12]
 
 
 def _jsonable_errors(errors: list[dict]) -> list[dict]:

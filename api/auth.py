@@ -1,7 +1,10 @@
 """OAuth2 bearer JWTs with scopes.
 
 Tokens come from the utility's identity provider (or `docs/api.md`'s minting recipe); the API
-only verifies them: signature (HS256 secret or RS256 public key), `exp` (required), optional
+only verifies them: signature (HS256 secret, RS256 public key, or RS256 with the key named by the
+token's `kid` in the provider's JWKS, `WATER_API_JWKS_URL`: PyJWT's PyJWKClient caches the set
+and fetches it again when a token names a key it does not hold, so key rotation needs no
+restart), `exp` (required), optional
 audience and issuer, and the scopes in `scope` (space-separated, RFC 9068) or `scp` (list).
 Scopes: `read` for every read when auth is on, `trigger` for starting a cycle, always.
 Token text and key material are never logged.
@@ -19,7 +22,7 @@ import jwt
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.settings import ApiSettings
+from api.settings import JWKS_ALGORITHM, ApiSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,19 @@ class TokenVerifier:
         self._issuer = settings.jwt_issuer
         self._leeway = settings.jwt_leeway_s
         self._verified: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._jwks: jwt.PyJWKClient | None = None
+        if self._algorithm == JWKS_ALGORITHM and self._key is not None:
+            # The key *set* is cached (5 min) and fetched again for an unknown kid. Not
+            # cache_keys=True: its lru_cache also memoises the forced refresh, so a key rotated
+            # in after the first miss would never be seen.
+            self._jwks = jwt.PyJWKClient(
+                self._key,
+                cache_jwk_set=True,
+                lifespan=300,
+                timeout=5,
+                cooldown_duration=settings.jwks_refresh_s,
+            )
+            self._algorithm = "RS256"
 
     def verify(self, token: str) -> Principal:
         remembered = self._verified.get(token)
@@ -84,10 +100,22 @@ class TokenVerifier:
     def _check(self, token: str) -> tuple[Principal, float]:
         if self._key is None or self._algorithm is None:
             raise _unauthorized("this API has no token key configured", "invalid_request")
+        key = self._key
+        if self._jwks is not None:
+            try:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientConnectionError:
+                log.warning("the identity provider's key set (WATER_API_JWKS_URL) is unreachable")
+                raise HTTPException(
+                    status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="the token keys cannot be fetched; try again shortly",
+                ) from None
+            except (jwt.PyJWKClientError, jwt.DecodeError):
+                raise _unauthorized("token names no signing key of the identity provider") from None
         try:
             claims = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=[self._algorithm],
                 audience=self._audience,
                 issuer=self._issuer,

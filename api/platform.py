@@ -22,6 +22,7 @@ from api.trigger import cycle_lock_held
 from flows.kernel.contracts import NODES_KEY
 from flows.kernel.jsonable import now_utc, parse_iso
 from flows.kernel.warehouse import WarehouseError, is_duckdb_busy
+from flows.pipeline.lock import LOCK_FOR_JOB, lock_holder_note
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,15 @@ def running_cycle(wh: ReadOnlyWarehouse, target) -> dict[str, Any] | None:
     if not cycle_lock_held(target):
         return None
     jobs = queries.recent_jobs(wh, CYCLE_JOB_TYPE, limit=1, status="running")
-    return (
-        jobs[0] if jobs else {"job_id": "unknown", "job_type": CYCLE_JOB_TYPE, "status": "running"}
-    )
+    if jobs:
+        return jobs[0]
+    # DuckDB readers see the snapshot of the last finished run; the lock file names the job.
+    note = lock_holder_note(target, LOCK_FOR_JOB[CYCLE_JOB_TYPE]) or {}
+    return {
+        "job_id": note.get("job_id") or "unknown",
+        "job_type": CYCLE_JOB_TYPE,
+        "status": "running",
+    }
 
 
 def _read_database(wh: ReadOnlyWarehouse, target, now: datetime) -> DatabaseView:

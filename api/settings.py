@@ -20,6 +20,8 @@ from flows.kernel.settings import ConfigError, Settings, Target, load_settings
 
 # RFC 7518 3.2: an HMAC key must be at least as long as the hash output (256 bits for HS256).
 MIN_HS256_SECRET_BYTES = 32
+# jwt_algorithm when the key is a JWKS URL: RS256 tokens, the signing key picked by their `kid`.
+JWKS_ALGORITHM = "RS256+JWKS"
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
 _RATE_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?$")
@@ -46,12 +48,14 @@ class ApiSettings:
     target: Target
     redis_url: str | None
     auth_enabled: bool
-    # The key material never appears in repr() or logs.
+    # The key material never appears in repr() or logs (with JWKS: the key set's URL).
     jwt_key: str | None = field(default=None, repr=False)
     jwt_algorithm: str | None = None
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway_s: int = 30
+    # JWKS: at most one forced refetch of the key set per this many seconds (unknown kids).
+    jwks_refresh_s: int = 30
     cors_origins: tuple[str, ...] = ()
     trigger_rate: RateLimit = RateLimit(6, 60)
     prefect_api_url: str | None = None
@@ -98,6 +102,15 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _whole_seconds(env: dict[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ApiConfigError(f"{name}={value!r} must be a whole number of seconds >= 0")
+    return int(value)
+
+
 def _public_key(value: str) -> str:
     """PEM text, or the path of a PEM file (handy for mounted secrets)."""
     if value.lstrip().startswith("-----BEGIN"):
@@ -113,10 +126,16 @@ def _public_key(value: str) -> str:
 def _jwt_key(env: dict[str, str]) -> tuple[str | None, str | None]:
     secret = env.get("WATER_API_JWT_SECRET") or None
     public = env.get("WATER_API_JWT_PUBLIC_KEY") or None
-    if secret and public:
+    jwks = env.get("WATER_API_JWKS_URL") or None
+    if sum(1 for v in (secret, public, jwks) if v) > 1:
         raise ApiConfigError(
-            "set only one of WATER_API_JWT_SECRET (HS256) and WATER_API_JWT_PUBLIC_KEY (RS256)"
+            "set only one of WATER_API_JWT_SECRET (HS256), WATER_API_JWT_PUBLIC_KEY (RS256)"
+            " and WATER_API_JWKS_URL (RS256 keys from the identity provider)"
         )
+    if jwks:
+        if not re.match(r"^https?://", jwks):
+            raise ApiConfigError(f"WATER_API_JWKS_URL={jwks!r} is not an http(s) URL")
+        return jwks, JWKS_ALGORITHM
     if secret:
         if len(secret.encode()) < MIN_HS256_SECRET_BYTES:
             raise ApiConfigError(
@@ -165,8 +184,9 @@ def load_api_settings(
     key, algorithm = _jwt_key(env)
     if auth_enabled and key is None:
         raise ApiConfigError(
-            "auth is on but no key is set: export WATER_API_JWT_SECRET (HS256, >= 32 bytes) or "
-            "WATER_API_JWT_PUBLIC_KEY (RS256 PEM), or run with WATER_API_AUTH=off for a local demo"
+            "auth is on but no key is set: export WATER_API_JWT_SECRET (HS256, >= 32 bytes), "
+            "WATER_API_JWT_PUBLIC_KEY (RS256 PEM) or WATER_API_JWKS_URL, or run with "
+            "WATER_API_AUTH=off for a local demo"
         )
     rate_text = env.get("WATER_API_TRIGGER_RATE", "").strip()
     return ApiSettings(
@@ -178,6 +198,7 @@ def load_api_settings(
         jwt_audience=env.get("WATER_API_JWT_AUDIENCE") or None,
         jwt_issuer=env.get("WATER_API_JWT_ISSUER") or None,
         jwt_leeway_s=_positive_int(env, "WATER_API_JWT_LEEWAY_S", 30),
+        jwks_refresh_s=_whole_seconds(env, "WATER_API_JWKS_REFRESH_S", 30),
         cors_origins=_origins(env),
         trigger_rate=parse_rate(rate_text) if rate_text else RateLimit(6, 60),
         prefect_api_url=env.get("PREFECT_API_URL") or None,

@@ -1,7 +1,8 @@
 """Read-only, short-lived warehouse connections for the API (the database fallback).
 
-The API never writes to the warehouse and never holds DuckDB's write lock: a DuckDB file is
-opened read-only per request (a cycle that holds the file answers 503 "busy" for that moment),
+The API never writes to the warehouse and never opens the live DuckDB file: it opens the read
+snapshot the last run left beside it (flows/kernel/read_snapshot.py), read-only, per request, so reads
+never block a cycle (the live file is only read before the first run has left a snapshot);
 PostgreSQL sessions are read-only with a statement timeout. SQL uses bound parameters only.
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 import duckdb
 import psycopg
 
+from flows.kernel.read_snapshot import read_target
 from flows.kernel.settings import Target
 from flows.kernel.warehouse import Warehouse, WarehouseError, first_line
 
@@ -27,7 +29,10 @@ class ReadOnlyWarehouse(Warehouse):
             raise WarehouseError(
                 f"the API reads duckdb or postgres; target {target.type} is served through one of them"
             )
-        super().__init__(target, read_only=True, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
+        # DuckDB: the read snapshot the last run left, never the file a cycle writes.
+        super().__init__(
+            read_target(target), read_only=True, statement_timeout_ms=STATEMENT_TIMEOUT_MS
+        )
 
     def records(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name."""

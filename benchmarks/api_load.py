@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/api_load.py [--rate 1000] [--seconds 20] [--nodes 24]
 
 1. Builds a real platform: a fresh PostgreSQL database, a synthetic network (`--nodes` nodes,
-   2 days at 5 minutes), one `run_cycle` that publishes to Redis DB 14 (flushed first).
+   2 days at 5 minutes), one `run_cycle` that publishes to a private `redis-server`.
 2. Starts `water api` (one uvicorn process, auth ON: every request carries a JWT) on a free
    loopback port.
 3. Open-loop load at `--rate` requests/s for `--seconds` s, after 3 s of unmeasured warm-up at
@@ -13,6 +13,8 @@
    round-robin over every node. The client is a minimal keep-alive HTTP/1.1 client on uvloop.
 4. A closed-loop saturation run (`--concurrency` clients, `--saturation-seconds` s) for the
    maximum throughput of both routes and their ratio.
+5. `--workers 1,4` (default): steps 2-4 once per worker count (`water api --workers N`), the
+   single-worker run being the reference for p99, errors and saturation throughput of N workers.
 
 Everything is bounded (request count = rate x seconds), goes to 127.0.0.1 only, and stops by
 itself. Figures are printed and written to benchmarks/out/api_load.json. The target on this
@@ -51,7 +53,9 @@ from flows.loaders.synthetic import SyntheticConfig  # noqa: E402
 from flows.pipeline.cycle import run_cycle  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# A private redis-server (Debian's binary) for the run: a shared database number can be
+# flushed by another run of this benchmark on the same machine.
+REDIS_URL = ""
 SECRET = "api-load-benchmark-secret-0123456789abcdef"
 PG = {
     "host": os.environ.get("PGHOST", "127.0.0.1"),
@@ -232,9 +236,20 @@ def _template(path: str) -> str:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its worker children, from /proc (Linux)."""
+    total = 0.0
+    for each in (pid, *_children(pid)):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
 
 
 def run(coroutine):
@@ -250,6 +265,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_redis(directory: Path) -> subprocess.Popen:
+    """redis-server on a free loopback port, no persistence; sets REDIS_URL."""
+    global REDIS_URL
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis.from_url(REDIS_URL).ping():
+                return process
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("redis-server did not start")
 
 
 def build_platform(nodes: int, landing: Path) -> tuple[str, Target, list[str]]:
@@ -282,19 +318,22 @@ def drop_database(name: str) -> None:
     redis.Redis.from_url(REDIS_URL).flushdb()
 
 
-def start_server(target: Target, port: int) -> subprocess.Popen:
+def start_server(target: Target, port: int, workers: int = 1) -> subprocess.Popen:
     env = {**os.environ, **target.dbt_env(), "REDIS_URL": REDIS_URL, "WATER_API_JWT_SECRET": SECRET}
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "flows.cli", "api", "--port", str(port), "--workers", str(workers)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                # Every worker up: the process and its N children (plus multiprocessing's helper).
+                while workers > 1 and len(_children(process.pid)) < workers:
+                    time.sleep(0.2)
                 return process
         except httpx.TransportError:
             time.sleep(0.2)
@@ -333,6 +372,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=24)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--saturation-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--workers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 4],
+        help="worker counts to compare, the first being the reference (default 1,4)",
+    )
     args = parser.parse_args()
     if args.rate * args.seconds > 200_000:
         raise SystemExit("refusing more than 200,000 requests per run")
@@ -340,10 +385,72 @@ def main() -> None:
     # Other work on this machine competes for its 2 cores: the load average is reported.
     load_before = os.getloadavg()[0]
     landing = Path(tempfile.mkdtemp(prefix="water-api-bench-"))
-    name, target, node_ids = build_platform(args.nodes, landing)
+    redis_server = start_redis(landing)
+    try:
+        name, target, node_ids = build_platform(args.nodes, landing)
+        try:
+            runs = {n: measure(target, node_ids, n, args) for n in args.workers}
+        finally:
+            drop_database(name)
+    finally:
+        redis_server.terminate()
+        redis_server.wait(timeout=30)
+
+    single = runs[args.workers[0]]
+    results = single["results"]
+    health_max, metrics_max = results[2].achieved_rps, results[3].achieved_rps
+    target_met = (
+        results[1].achieved_rps >= 0.98 * args.rate
+        and results[1].p99_ms < 20
+        and results[1].errors == 0
+    )
+    summary = {
+        "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "machine": f"{platform_module.machine()} {os.cpu_count()} cores, python {platform_module.python_version()}",
+        "server": f"water api: 1 uvicorn process ({_server_stack()}), auth on (a JWT on every request)",
+        "nodes": len(node_ids),
+        "results": [asdict(r) for r in results],
+        "server_side_p99_bucket_ms": single["server_p99"],
+        # CPU time the server process used per request in the open-loop runs: what one core
+        # would sustain is about 1e6 / this, whatever else the machine is doing.
+        "server_cpu_us_per_request": single["cpu_us"],
+        "saturation_ratio_metrics_vs_health": round(metrics_max / health_max, 3)
+        if health_max
+        else None,
+        "target": f"{args.rate:.0f} req/s with p99 < 20 ms on node metrics",
+        "target_met": target_met,
+        # The same runs per worker count (`water api --workers N`), the first being the reference.
+        "by_workers": {
+            str(n): {
+                "results": [asdict(r) for r in run_["results"]],
+                "server_cpu_us_per_request": run_["cpu_us"],
+            }
+            for n, run_ in runs.items()
+        },
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "api_load.json").write_text(json.dumps(summary, indent=2))
+    print(f"server-side p99 bucket for node metrics: <= {single['server_p99']} ms")
+    print(
+        f"saturation: metrics {metrics_max:.0f} req/s vs health {health_max:.0f} req/s (ratio {summary['saturation_ratio_metrics_vs_health']})"
+    )
+    for n, run_ in runs.items():
+        open_metrics, closed_metrics = run_["results"][1], run_["results"][3]
+        print(
+            f"workers {n}: node metrics at {args.rate:.0f} req/s p99 {open_metrics.p99_ms:.2f} ms,"
+            f" {open_metrics.errors} errors; saturation {closed_metrics.achieved_rps:.0f} req/s"
+            f" (p99 {closed_metrics.p99_ms:.2f} ms, {closed_metrics.errors} errors)"
+        )
+    print(f"load average (1 min) before/after: {summary['load_average_1m_before_after']}")
+    print(f"target {summary['target']}: {'MET' if target_met else 'NOT MET'}")
+
+
+def measure(target: Target, node_ids: list[str], workers: int, args) -> dict:
+    """Open-loop and saturation runs on /health and node metrics against `water api --workers N`."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = start_server(target, port)
+    print(f"-- water api --workers {workers}")
+    server = start_server(target, port, workers)
     headers = {
         "Authorization": "Bearer "
         + jwt.encode(
@@ -366,6 +473,7 @@ def main() -> None:
             spent = process_cpu_seconds(server.pid) - cpu_before
             cpu_us[results[-1].route] = round(spent / max(1, results[-1].requests) * 1e6, 1)
             print(_line(results[-1]), f" server CPU {cpu_us[results[-1].route]:.0f} us/req")
+        # One worker's histogram only when there are several (each process counts its own).
         server_p99 = server_p99_ms(base, "/api/v1/nodes/{node_id}/metrics")
         for paths in (["/health"], metrics_paths):
             results.append(
@@ -374,39 +482,8 @@ def main() -> None:
             print(_line(results[-1]))
     finally:
         server.terminate()
-        server.wait(timeout=30)
-        drop_database(name)
-
-    health_max, metrics_max = results[2].achieved_rps, results[3].achieved_rps
-    target_met = (
-        results[1].achieved_rps >= 0.98 * args.rate
-        and results[1].p99_ms < 20
-        and results[1].errors == 0
-    )
-    summary = {
-        "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "machine": f"{platform_module.machine()} {os.cpu_count()} cores, python {platform_module.python_version()}",
-        "server": f"water api: 1 uvicorn process ({_server_stack()}), auth on (a JWT on every request)",
-        "nodes": len(node_ids),
-        "results": [asdict(r) for r in results],
-        "server_side_p99_bucket_ms": server_p99,
-        # CPU time the server process used per request in the open-loop runs: what one core
-        # would sustain is about 1e6 / this, whatever else the machine is doing.
-        "server_cpu_us_per_request": cpu_us,
-        "saturation_ratio_metrics_vs_health": round(metrics_max / health_max, 3)
-        if health_max
-        else None,
-        "target": f"{args.rate:.0f} req/s with p99 < 20 ms on node metrics",
-        "target_met": target_met,
-    }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "api_load.json").write_text(json.dumps(summary, indent=2))
-    print(f"server-side p99 bucket for node metrics: <= {server_p99} ms")
-    print(
-        f"saturation: metrics {metrics_max:.0f} req/s vs health {health_max:.0f} req/s (ratio {summary['saturation_ratio_metrics_vs_health']})"
-    )
-    print(f"load average (1 min) before/after: {summary['load_average_1m_before_after']}")
-    print(f"target {summary['target']}: {'MET' if target_met else 'NOT MET'}")
+        server.wait(timeout=60)
+    return {"results": results, "cpu_us": cpu_us, "server_p99": server_p99}
 
 
 def _server_stack() -> str:

@@ -8,7 +8,9 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import psycopg
@@ -214,6 +216,71 @@ def test_rs256_public_key_verifies_and_rejects_algorithm_confusion(pg_target, tm
         other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         response = c.get(READ_PATH, headers=_bearer(_token("read", key=other, algorithm="RS256")))
         assert response.json() == {"detail": "token signature is invalid"}
+
+
+def test_jwks_url_follows_the_identity_providers_key_rotation(pg_target):
+    """WATER_API_JWKS_URL: the key is picked by the token's `kid` from a real HTTP JWKS
+    endpoint; a key added by rotation is fetched on first use, without a restart."""
+    keys = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in "abc"}
+    published = ["a"]
+    fetches = []
+
+    class Jwks(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's API
+            fetches.append(list(published))
+            body = json.dumps(
+                {
+                    "keys": [
+                        {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(keys[k].public_key())),
+                         "kid": k, "use": "sig", "alg": "RS256"}
+                        for k in published
+                    ]
+                }
+            ).encode()  # fmt: skip
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
+
+    def signed(kid: str, key=None) -> dict[str, str]:
+        payload = {"sub": "t", "scope": "read", "exp": int(time.time()) + 300}
+        return _bearer(jwt.encode(payload, key or keys[kid], "RS256", headers={"kid": kid}))
+
+    try:
+        # No pause between forced refetches here (default 30 s, protecting the provider).
+        env = _env(
+            pg_target,
+            WATER_API_JWT_SECRET=None,
+            WATER_API_JWKS_URL=url,
+            WATER_API_JWKS_REFRESH_S="0",
+        )
+        with TestClient(create_app(load_api_settings(env))) as c:
+            assert c.get(READ_PATH, headers=signed("a")).status_code == 200
+            # Key b is not published yet: refused, naming no key of the provider.
+            response = c.get(READ_PATH, headers=signed("b"))
+            assert response.status_code == 401
+            assert response.json() == {
+                "detail": "token names no signing key of the identity provider"
+            }
+            published.append("b")  # the provider rotates in key b
+            assert c.get(READ_PATH, headers=signed("b")).status_code == 200
+            # kid a with another key's signature is still a bad signature.
+            response = c.get(READ_PATH, headers=signed("a", key=keys["c"]))
+            assert response.json() == {"detail": "token signature is invalid"}
+        assert fetches[0] == ["a"] and fetches[-1] == ["a", "b"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ApiConfigError, match="set only one of"):
+        load_api_settings(_env(pg_target, WATER_API_JWKS_URL=url))
 
 
 def _hs256_by_hand(claims: dict, key: bytes) -> str:

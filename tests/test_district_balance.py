@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.config import Target
-from flows.dbt_runner import run_dbt
+from flows.kernel.settings import Target
+from flows.kernel.dbt_runner import run_dbt
 from flows.loaders.synthetic import SyntheticConfig
-from flows.loading import load_synthetic
-from flows.warehouse import connect
+from flows.loaders.loading import load_synthetic
+from flows.kernel.warehouse import connect
 from tests.reference import deduplicate, validate
 from tests.warehouses import fresh_warehouse
 

@@ -259,6 +259,28 @@ def test_blank_ids_are_missing_and_nfd_ids_are_one_node(duckdb_target, tmp_path)
     assert ids == [("Caf\u00e9", 3), (None, 1)]
 
 
+@pytest.mark.parametrize("node_id", ["a/b", "N 1", "x" * 129, "N\x1b[31m1", "N\u00a01"])
+def test_water_nodes_refuses_ids_the_api_cannot_address(duckdb_target, tmp_path, node_id):
+    """Found by the fault campaign: `water nodes` took ids that readings cannot have (the
+    loader refuses them), so metadata described nodes no reading or API path could reach."""
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text(f"node_id,district\nN1,DMA-1\n{node_id},DMA-1\n", encoding="utf-8")
+    with connect(duckdb_target) as wh:
+        with pytest.raises(NodeFileError, match="row 3, column node_id: .* is not a node id"):
+            register_node_file(wh, nodes)
+        assert not wh.relation_exists("raw", "node_metadata") or not wh.query(
+            "select * from raw.node_metadata"
+        )
+
+
+def test_water_nodes_stores_ids_nfc_like_readings(duckdb_target, tmp_path):
+    nodes = tmp_path / "nodes.csv"
+    nodes.write_text("node_id,district\nCafe\u0301,DMA-1\n", encoding="utf-8")
+    with connect(duckdb_target) as wh:
+        register_node_file(wh, nodes)
+        assert wh.query("select node_id from raw.node_metadata") == [("Caf\u00e9",)]
+
+
 def test_water_status_prints_no_control_characters():
     from flows.pipeline.status import printable
 

@@ -98,6 +98,7 @@ def test_every_flow_imports_and_each_prefect_yaml_entrypoint_resolves(monkeypatc
         "backfill",
         "evaluate-models",
         "retrain-models",
+        "backup-warehouse",
     }
     # prefect.yaml itself carries the time zone: no variable needed, none honoured.
     monkeypatch.setenv("WATER_LOCAL_TIMEZONE", "America/Chicago")
@@ -113,6 +114,7 @@ def test_every_flow_imports_and_each_prefect_yaml_entrypoint_resolves(monkeypatc
     assert crons["every-30-minutes"] == [("*/30 * * * *", "Europe/Rome")]
     assert crons["daily-evaluation"] == [("0 2 * * *", "Europe/Rome")]
     assert crons["weekly-retraining"] == [("0 3 * * 0", "Europe/Rome")]
+    assert crons["daily-backup"] == [("0 1 * * *", "Europe/Rome")]
     assert crons["on-demand"] == [] and crons["historical-load"] == []
 
     deployments = {d.name: d for d in build_deployments(specs, target="duckdb")}

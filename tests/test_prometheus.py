@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,13 +78,17 @@ def _test_rules(directory: Path) -> Path:
     return path
 
 
-def _test_config(directory: Path, api_port: int) -> Path:
-    """prometheus.yml scraping the test's API every second, with the test's rules."""
+def _test_config(directory: Path, api_port: int | None, worker_port: int | None = None) -> Path:
+    """prometheus.yml scraping the test's API and/or worker every second, with the test's rules
+    (a job whose process the test does not run is left out)."""
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(_test_rules(directory))]
-    (job,) = config["scrape_configs"]
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{api_port}"]}]
+    ports = {"water-api": api_port, "water-worker": worker_port}
+    assert {job["job_name"] for job in config["scrape_configs"]} == set(ports)
+    config["scrape_configs"] = [job for job in config["scrape_configs"] if ports[job["job_name"]]]
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[job['job_name']]}"]}]
     path = directory / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -107,25 +112,25 @@ class Prometheus:
             out[tuple(sorted(labels.items()))] = float(series["value"][1])
         return out
 
-    def firing(self) -> set[tuple[str, str]]:
-        """(alertname, stage or '') of the alerts in state firing."""
+    def firing(self, state: str = "firing") -> set[tuple[str, str]]:
+        """(alertname, stage or '') of the alerts in `state` (firing or pending)."""
         alerts = _get_json(f"{self.base}/api/v1/alerts")["data"]["alerts"]
         return {
             (a["labels"]["alertname"], a["labels"].get("stage", ""))
             for a in alerts
-            if a["state"] == "firing"
+            if a["state"] == state
         }
 
-    def wait(self, check, what: str):
+    def wait(self, check, what: str, seconds: float = WAIT_S):
         """Poll until check() returns a truthy value (the platform gauges refresh every 15 s)."""
-        deadline = time.monotonic() + WAIT_S
+        deadline = time.monotonic() + seconds
         last = None
         while time.monotonic() < deadline:
             last = check()
             if last:
                 return last
             time.sleep(1)
-        raise AssertionError(f"{what}: not seen within {WAIT_S}s (last: {last!r}) ")
+        raise AssertionError(f"{what}: not seen within {seconds}s (last: {last!r}) ")
 
 
 @pytest.fixture
@@ -282,3 +287,57 @@ def test_prometheus_scrapes_the_api_and_fires_the_platform_alerts(stack):
     _stop(api)
     prom.wait(lambda: ("WaterMonitoringBlind", "") in prom.firing(), "WaterMonitoringBlind firing")
     assert prom.query('up{job="water-api"}') == {(): 0.0}
+
+
+def test_a_stopped_worker_fires_worker_down(tmp_path):
+    """`water serve` (the processing worker) is scraped as job water-worker; killed (SIGKILL,
+    with its Prefect server), up drops to 0 and WaterWorkerDown fires. The rules are the shipped
+    ones with `for:` shortened (promtool checks the shipped 5 minutes)."""
+    prometheus_bin = shutil.which("prometheus")
+    if prometheus_bin is None:
+        pytest.fail("prometheus is not installed (.ci/run installs Debian's prometheus)")
+    worker_port, prefect_port, prom_port = free_port(), free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+        "HOME": str(tmp_path),
+        "PREFECT_HOME": str(tmp_path / ".prefect"),
+        "WATER_DUCKDB_PATH": str(tmp_path / "warehouse.duckdb"),
+        "WATER_WORKER_METRICS_PORT": str(worker_port),
+    }
+    worker = subprocess.Popen(  # its own session: the kill takes its Prefect server too
+        [sys.executable, "-m", "flows.cli", "serve", "--port", str(prefect_port), "--target", "duckdb"],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    prom = None
+    try:
+        wait_http(f"http://127.0.0.1:{worker_port}/metrics", worker)
+        config = _test_config(tmp_path, None, worker_port)
+        rules = yaml.safe_load((tmp_path / "alerts.yml").read_text())
+        for group in rules["groups"]:
+            for rule in group["rules"]:
+                if rule["alert"] == "WaterWorkerDown":
+                    rule["for"] = "3s"
+        (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
+        prom = _spawn(env, prometheus_bin, f"--config.file={config}",
+                      f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                      f"--web.listen-address=127.0.0.1:{prom_port}")  # fmt: skip
+        wait_http(f"http://127.0.0.1:{prom_port}/-/ready", prom)
+        p = Prometheus(f"http://127.0.0.1:{prom_port}")
+        # Serving: every deployment of prefect.yaml, once its Prefect server answers.
+        served = len(yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"])
+        p.wait(lambda: p.query("water_worker_deployments") == {(): served}, "deployments", 300)
+        assert p.query('up{job="water-worker"}') == {(): 1.0}
+        assert p.firing() == set() and p.firing("pending") == set()
+
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        p.wait(lambda: p.query('up{job="water-worker"}') == {(): 0.0}, "up == 0")
+        p.wait(lambda: ("WaterWorkerDown", "") in p.firing(), "WaterWorkerDown firing")
+        assert p.firing() == {("WaterWorkerDown", "")}
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        if prom is not None:
+            _stop(prom)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api import queries
 from api.auth import Principal, require_trigger
 from api.common import PROBLEMS, DatabaseUnavailable, in_database
-from api.ratelimit import SlidingWindowLimiter
+from api.ratelimit import SharedLimiter
 from api.schemas import ConflictResponse, Job, ProblemResponse, TriggerResponse
 from api.trigger import TriggerFailed, cycle_lock_held
 from flows.kernel.warehouse import WarehouseError
@@ -69,8 +69,8 @@ async def trigger_cycle(
 ) -> Any:
     """Start a processing cycle now. Returns the job id at once; follow it at `status_url`."""
     state = request.app.state
-    limiter: SlidingWindowLimiter = state.trigger_limiter
-    wait = limiter.acquire(principal.subject)
+    limiter: SharedLimiter = state.trigger_limiter
+    wait = await run_in_threadpool(limiter.acquire, principal.subject)
     if wait is not None:
         state.metrics.triggers.labels("rate_limited").inc()
         return JSONResponse(

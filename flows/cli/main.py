@@ -379,14 +379,21 @@ def demo(nodes, days, seed, target_name):
     help="Serve reads without tokens (local demo only; the trigger still needs one).",
 )
 @click.option("--access-log", is_flag=True, help="Log one line per request.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes on the one port (rate limits are shared through Redis).",
+)
 @target_option
 @command
-def api_command(host, port, insecure_no_auth, access_log, target_name):
+def api_command(host, port, insecure_no_auth, access_log, workers, target_name):
     """Serve the HTTP API (docs at /docs, Prometheus metrics at /metrics)."""
     # Imported when the command runs: `water --help` stays fast.
     from api.server import serve
 
-    serve(host, port, target_name, insecure_no_auth, access_log, echo=click.echo)
+    serve(host, port, target_name, insecure_no_auth, access_log, echo=click.echo, workers=workers)
 
 
 @main.command()
@@ -471,6 +478,58 @@ def evaluate(target_name):
     click.echo(
         f"{result['rows_written']} model_performance row(s) for {len(result['models'])} model(s)"
         f" over {result['days']} day(s){'; ' + notes if notes else ''}"
+    )
+
+
+@main.command()
+@click.option(
+    "--to",
+    "root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Backup folder (default: $WATER_BACKUP_DIR, else data/backups).",
+)
+@click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generations of this target to keep (default: $WATER_BACKUP_KEEP, else 7).",
+)
+@target_option
+@command
+def backup(root, keep, target_name):
+    """Back up the warehouse (pg_dump or a DuckDB copy) and the model artifacts; a job row."""
+    from flows.pipeline.backup import backup as run_backup
+
+    target = _target(target_name)
+    result = run_backup(target, root=root, keep=keep)
+    size = sum(f["bytes"] for f in result.files.values())
+    pruned = f"; {len(result.pruned)} old generation(s) deleted" if result.pruned else ""
+    click.echo(
+        f"backup {result.job_id} of {target.describe()}: {result.path} ({size:,} bytes,"
+        f" {result.seconds:.1f} s){pruned}"
+    )
+
+
+@main.command()
+@click.argument("backup_spec", metavar="BACKUP", default="latest")
+@click.option(
+    "--from",
+    "root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Backup folder to look in (default: $WATER_BACKUP_DIR, else data/backups).",
+)
+@target_option
+@command
+def restore(backup_spec, root, target_name):
+    """Replace the warehouse and model artifacts with BACKUP (a folder, its name, or latest)."""
+    from flows.pipeline.backup import restore as run_restore
+
+    target = _target(target_name)
+    summary = run_restore(target, backup_spec, root=root)
+    click.echo(
+        f"restored {summary['backup']} into {target.describe()} (job {summary['restore_job_id']})"
     )
 
 

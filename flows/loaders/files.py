@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import tempfile
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -112,8 +113,25 @@ def expand_sources(patterns: Iterable[str]) -> list[Path]:
 
 
 FILE_SUFFIXES = (".parquet", ".pq", ".csv")
-# The one rule for node ids (the API addresses a node as /nodes/{node_id}).
+# The one rule for node ids (the API addresses a node as /nodes/{node_id}). Files are checked
+# in SQL (`_typed`), node metadata (`water nodes`) by `node_id_problem`; both say NODE_ID_RULE.
 NODE_ID_RULE = "1-128 characters, no whitespace, '/' or control characters"
+NODE_ID_MAX_CHARS = 128
+
+
+def normalise_node_id(text: str) -> str:
+    """NFC, as the loader stores ids (look-alike spellings are one node)."""
+    return unicodedata.normalize("NFC", text)
+
+
+def node_id_problem(node_id: str) -> str | None:
+    """Why `node_id` (already NFC) breaks NODE_ID_RULE, or None when it follows it."""
+    if not node_id or len(node_id) > NODE_ID_MAX_CHARS:
+        return f"{len(node_id)} characters"
+    for char in node_id:
+        if char.isspace() or char == "/" or unicodedata.category(char) in ("Cc", "Zs", "Zl", "Zp"):
+            return f"contains {char!r}"
+    return None
 
 
 def file_format(path: Path) -> str:

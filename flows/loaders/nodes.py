@@ -15,6 +15,7 @@ import pandas as pd
 
 from flows.kernel.raw_store import BALANCE_ROLES, NODE_COLUMN_TYPES, NODE_COLUMNS, ensure_raw_tables
 from flows.kernel.warehouse import Warehouse
+from flows.loaders.files import NODE_ID_RULE, node_id_problem, normalise_node_id
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
@@ -100,6 +101,17 @@ def _convert(path: Path, line: int, column: str, raw: str):
         raise NodeFileError(
             f"{path}: row {line}, column {column}: cannot read {text[:40]!r} as {expected}"
         ) from None
+    if column == "node_id":
+        # The same rule as readings' ids, or the metadata would describe a node the API cannot
+        # address and no reading can join (found by the fault campaign).
+        text = normalise_node_id(text)
+        problem = node_id_problem(text)
+        if problem is not None:
+            raise NodeFileError(
+                f"{path}: row {line}, column node_id: {text[:40]!r} is not a node id"
+                f" ({NODE_ID_RULE}; {problem})"
+            )
+        return text
     if column == "balance_role" and text.lower() not in BALANCE_ROLES:
         raise NodeFileError(
             f"{path}: row {line}, column balance_role: {text!r} is not one of {', '.join(BALANCE_ROLES)}"

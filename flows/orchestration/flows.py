@@ -319,9 +319,26 @@ def retrain_models(target: str | None = None, model_type: str | None = None) -> 
     )
 
 
+@flow(
+    name="backup-warehouse",
+    timeout_seconds=3 * 3600,
+    log_prints=True,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
+def backup_warehouse(target: str | None = None, keep: int | None = None) -> Any:
+    """Daily: back up the warehouse and the model artifacts (flows/pipeline/backup.py, `water backup`)."""
+    from flows.pipeline.backup import backup
+
+    triggered_by, run_id = _run_context()
+    result = backup(_target(target), keep=keep, triggered_by=triggered_by, flow_run_id=run_id)
+    get_run_logger().info("backup %s: %s", result.job_id, result.path)
+    return {"job_id": result.job_id, "path": str(result.path), "pruned": result.pruned}
+
+
 def _synthetic_config(options: dict[str, Any] | None):
 
     return SyntheticConfig(**(options or {}))
 
 
-ALL_FLOWS = (processing_cycle, backfill, evaluate_models, retrain_models)
+ALL_FLOWS = (processing_cycle, backfill, evaluate_models, retrain_models, backup_warehouse)

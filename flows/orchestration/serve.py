@@ -246,7 +246,13 @@ def prefect_api(port: int = 4200, echo: Callable[[str], None] = print) -> Iterat
 
 def serve(target: str | None = None, port: int = 4200, echo: Callable[[str], None] = print) -> None:
     """Serve every deployment of prefect.yaml until interrupted."""
+    from flows.orchestration.worker_metrics import WorkerMetrics
+
     specs = deployment_specs()
+    metrics = WorkerMetrics()
+    address = metrics.listen()
+    if address:
+        echo(f"worker metrics on {address}")
     with prefect_api(port=port, echo=echo) as api_url:
         os.environ["PREFECT_API_URL"] = api_url  # flow-run subprocesses inherit it
 
@@ -261,4 +267,5 @@ def serve(target: str | None = None, port: int = 4200, echo: Callable[[str], Non
             # Prefect's runner polls for runs every 10 s by default, ~5 s added to each
             # on-demand trigger; a poll every 2 s costs a local server nothing.
             poll_s = float(os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", RUNNER_POLL_S))
+            metrics.deployments.set(len(deployments))
             prefect_serve(*deployments, print_starting_message=False, query_seconds=poll_s)

@@ -36,7 +36,7 @@ from flows.pipeline.watermark import (
     record_backfill_chunk,
 )
 
-JOB_TYPES = ("cycle", "backfill", "evaluation", "retraining")
+JOB_TYPES = ("cycle", "backfill", "evaluation", "retraining", "backup", "restore")
 JOB_STATUSES = ("running", "completed", "failed", "skipped")
 _DDL = {
     "postgres": [
@@ -252,6 +252,16 @@ def _close_row(wh, job, status, error_message, rows_in, rows_rejected, data_star
             "data_end": data_end,
             "job_id": job.job_id,
         },
+    )
+
+
+def complete_restored_job(wh: Warehouse, job_id: str, summary: dict[str, Any]) -> None:
+    """A backup's row as restored from its own dump (`running`), closed as it really ended."""
+    wh.execute(
+        f"update {PUBLISHED_SCHEMA}.processing_jobs set status = 'completed',"
+        " completed_at = coalesce(completed_at, %(now)s), result_summary = %(summary)s"
+        " where job_id = %(job_id)s and status = 'running'",
+        {"now": utcnow(), "summary": to_json(summary), "job_id": job_id},
     )
 
 

@@ -26,6 +26,9 @@ LOCK_FOR_JOB = {
     "backfill": "warehouse",
     "evaluation": "models",
     "retraining": "models",
+    # Backups never overlap each other; a DuckDB copy and any restore also take "warehouse".
+    "backup": "backup",
+    "restore": "backup",
 }
 
 

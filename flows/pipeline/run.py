@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from expectations.gate import gate
 from expectations.results import ensure_quality_table
-from flows.kernel import progress
+from flows.kernel import progress, read_snapshot
 from flows.kernel.contracts import STAGING_SCHEMA
 from flows.kernel.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
 from flows.kernel.jsonable import jsonable
@@ -197,7 +197,14 @@ class Run:
         return failure
 
     def end(self) -> None:
-        self.lock.release()
+        try:
+            if self.target.type == "duckdb" and self.job is not None:
+                # Readers open this copy, never the live file (flows/kernel/read_snapshot.py).
+                read_snapshot.refresh(self.target)
+        except Exception as exc:  # noqa: BLE001 - readers keep the previous snapshot
+            log.warning("the DuckDB read snapshot was not refreshed: %s", one_line(exc))
+        finally:
+            self.lock.release()
 
     @contextmanager
     def closing(self) -> Iterator[None]:
