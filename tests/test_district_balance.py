@@ -22,11 +22,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from flows.kernel.settings import Target
 from flows.kernel.dbt_runner import run_dbt
-from flows.loaders.synthetic import SyntheticConfig
-from flows.loaders.loading import load_synthetic
+from flows.kernel.settings import Target
 from flows.kernel.warehouse import connect
+from flows.loaders.loading import load_synthetic
+from flows.loaders.synthetic import SyntheticConfig
 from tests.reference import deduplicate, validate
 from tests.warehouses import fresh_warehouse
 
