@@ -9,6 +9,7 @@ is also in the server log, never a traceback or exception text.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from contextlib import asynccontextmanager
@@ -111,8 +112,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
 
 def _limit_scope(settings: ApiSettings) -> str:
-    import hashlib
-
     return "trigger:" + hashlib.sha256(settings.target.describe().encode()).hexdigest()[:12]
 
 

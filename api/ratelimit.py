@@ -16,6 +16,10 @@ import threading
 import time
 from collections import deque
 
+from limits import RateLimitItemPerSecond
+from limits.storage import RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+
 from api.settings import RateLimit
 
 log = logging.getLogger("water.api")
@@ -64,10 +68,6 @@ class SharedLimiter:
         self._local = SlidingWindowLimiter(limit)
         self._redis = None
         if redis_url:
-            from limits import RateLimitItemPerSecond
-            from limits.storage import RedisStorage
-            from limits.strategies import MovingWindowRateLimiter
-
             storage = RedisStorage(
                 redis_url,
                 key_prefix=KEY_PREFIX,

@@ -61,8 +61,6 @@ def serve(
 
 def app_from_environment():
     """The app of one `water api --workers N` worker."""
-    from api.app import create_app
-
     app = create_app(load_api_settings())
     _freeze_startup_objects()
     return app

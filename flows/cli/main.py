@@ -499,6 +499,7 @@ def evaluate(target_name):
 @command
 def backup(root, keep, target_name):
     """Back up the warehouse (pg_dump or a DuckDB copy) and the model artifacts; a job row."""
+    # Imported when the command runs: `water --help` stays fast.
     from flows.pipeline.backup import backup as run_backup
 
     target = _target(target_name)
@@ -524,6 +525,7 @@ def backup(root, keep, target_name):
 @command
 def restore(backup_spec, root, target_name):
     """Replace the warehouse and model artifacts with BACKUP (a folder, its name, or latest)."""
+    # Imported when the command runs: `water --help` stays fast.
     from flows.pipeline.backup import restore as run_restore
 
     target = _target(target_name)

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from flows.kernel.settings import Target
+from flows.kernel.warehouse import open_warehouse
 
 log = logging.getLogger("water.snapshot")
 
@@ -47,8 +48,6 @@ def refresh(target: Target) -> Path | None:
     """Copy the live DuckDB file to the snapshot (the caller holds the run lock)."""
     if target.type != "duckdb" or target.duckdb_path is None or not target.duckdb_path.exists():
         return None
-    from flows.kernel.warehouse import open_warehouse
-
     live = target.duckdb_path
     snapshot = snapshot_path(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{snapshot.name}-", dir=live.parent)

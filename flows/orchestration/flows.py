@@ -34,6 +34,7 @@ from flows.kernel.settings import DBT_PROJECT_DIR, PROJECT_ROOT, Target, load_se
 from flows.loaders.synthetic import SyntheticConfig
 from flows.orchestration.report import failure_payload, new_anomalies, notify, run_markdown
 from flows.pipeline.backfill import run_backfill
+from flows.pipeline.backup import backup
 from flows.pipeline.cycle import run_cycle
 from flows.pipeline.model_jobs import run_model_job
 from flows.pipeline.results import CycleFailed, CycleResult
@@ -328,8 +329,6 @@ def retrain_models(target: str | None = None, model_type: str | None = None) -> 
 )
 def backup_warehouse(target: str | None = None, keep: int | None = None) -> Any:
     """Daily: back up the warehouse and the model artifacts (flows/pipeline/backup.py, `water backup`)."""
-    from flows.pipeline.backup import backup
-
     triggered_by, run_id = _run_context()
     result = backup(_target(target), keep=keep, triggered_by=triggered_by, flow_run_id=run_id)
     get_run_logger().info("backup %s: %s", result.job_id, result.path)

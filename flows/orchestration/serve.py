@@ -246,6 +246,7 @@ def prefect_api(port: int = 4200, echo: Callable[[str], None] = print) -> Iterat
 
 def serve(target: str | None = None, port: int = 4200, echo: Callable[[str], None] = print) -> None:
     """Serve every deployment of prefect.yaml until interrupted."""
+    # Imported when serving starts: prometheus_client is not needed to list deployments.
     from flows.orchestration.worker_metrics import WorkerMetrics
 
     specs = deployment_specs()

@@ -37,6 +37,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from flows.kernel import read_snapshot
 from flows.kernel.runtime import utcnow
 from flows.kernel.settings import PROJECT_ROOT, Target, load_settings
@@ -312,8 +314,6 @@ def restore(
 
 def _replace_duckdb(target: Target, source: Path) -> None:
     """Copy beside the warehouse, check it opens, then rename over it (atomic on one filesystem)."""
-    import duckdb
-
     live = target.duckdb_path
     assert live is not None
     live.parent.mkdir(parents=True, exist_ok=True)
