@@ -204,7 +204,7 @@ def predictions(wh: ReadOnlyWarehouse, node_id: str) -> list[dict[str, Any]] | N
     return [
         _row(r)
         for r in wh.records(
-            "select p.target_timestamp, p.flow_rate_predicted, p.flow_rate_lower, p.flow_rate_upper,"
+            "select p.target_timestamp, p.predicted_flow_rate as flow_rate_predicted, p.flow_rate_lower, p.flow_rate_upper,"
             f" p.model_id from {S}.ml_predictions_cache as p"
             f" inner join {S}.ml_models as m on m.model_id = p.model_id and m.status = 'active'"
             " inner join (select model_id, max(prediction_timestamp) as origin"

@@ -284,7 +284,7 @@ def _forecasts(wh: Warehouse, now: datetime, snap: Snapshot) -> dict[str, list[d
             return {}
     rows = _records(
         wh,
-        "select p.node_id, p.target_timestamp, p.flow_rate_predicted, p.flow_rate_lower,"
+        "select p.node_id, p.target_timestamp, p.predicted_flow_rate as flow_rate_predicted, p.flow_rate_lower,"
         " p.flow_rate_upper, p.model_id"
         f" from {S}.ml_predictions_cache as p"
         f" inner join {S}.ml_models as m on m.model_id = p.model_id and m.status = 'active'"
