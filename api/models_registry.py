@@ -14,7 +14,16 @@ from api.store import ReadOnlyWarehouse
 from flows.config import PUBLISHED_SCHEMA
 
 S = PUBLISHED_SCHEMA
-EVALUATION_SCORES = ("rmse", "mae", "mape", "mase", "interval_coverage", "drift_score")
+EVALUATION_SCORES = (
+    "rmse",
+    "mae",
+    "mape",
+    "mase",
+    "interval_coverage",
+    "drift_score",
+    "mase_day_ahead",  # forecasts made 24 h before (ml_forecast_history keeps every vintage)
+    "interval_coverage_day_ahead",
+)
 
 
 def _latest_evaluations(wh: ReadOnlyWarehouse) -> dict[str, dict[str, Any]]:
