@@ -301,7 +301,7 @@ def test_ml_anomalies_flag_the_burst_in_the_anomalies_contract(pipeline):
     # A 3x burst is an alarm, not only evidence, at the 0.01 per node-day budget.
     assert set(burst.loc[in_burst.to_numpy(), "severity"]) & {"warning", "critical"}
     anomaly_model = next(r.model_id for r in pipeline.training if r.model_type == "anomaly")
-    assert set(rows["detection_method"]) == {f"isolation_forest:{anomaly_model}"}
+    assert set(rows["detection_method"]) == {f"robust_deviation:{anomaly_model}"}
     assert set(rows["severity"]) <= {"info", "warning", "critical"}
     # Quiet history stays quiet: nothing flagged before the last day on the other nodes.
     assert (
