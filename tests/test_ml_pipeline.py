@@ -335,6 +335,32 @@ def test_evaluation_scores_forecasts_whose_targets_are_observed(pipeline):
     model_mae = (rows["flow_rate_predicted"] - rows["flow_rate_actual"]).abs().mean()
     naive_mae = (rows["flow_rate_seasonal_naive"] - rows["flow_rate_actual"]).abs().mean()
     assert day["mase"] == pytest.approx(model_mae / naive_mae)
+    # Every vintage is kept (here two cycles' forecasts of each node, all 24 horizons).
+    with connect(pipeline.target) as wh:
+        missing = wh.scalar(
+            "select count(*) from water_infrastructure.ml_predictions_cache as c"
+            " where not exists (select 1 from ml.ml_forecast_history as h"
+            " where h.model_id = c.model_id and h.node_id = c.node_id"
+            " and h.prediction_timestamp = c.prediction_timestamp"
+            " and h.target_timestamp = c.target_timestamp)"
+        )
+        vintages = wh.scalar(
+            "select min(n) from (select node_id, count(distinct prediction_timestamp) as n"
+            " from ml.ml_forecast_history group by node_id) as per_node"
+        )
+    assert missing == 0 and vintages >= 2
+    day_ahead = outcomes.loc[outcomes["horizon_hours"] == 24]
+    assert len(day_ahead) >= 5
+    for _, row in perf.loc[perf["mase_day_ahead"].notna()].iterrows():
+        rows = day_ahead.loc[
+            pd.to_datetime(day_ahead["target_timestamp"], utc=True).dt.date
+            == pd.Timestamp(row["evaluation_date"]).date()
+        ]
+        rows = rows.loc[rows["flow_rate_seasonal_naive"].notna()]
+        model_mae = (rows["flow_rate_predicted"] - rows["flow_rate_actual"]).abs().mean()
+        naive_mae = (rows["flow_rate_seasonal_naive"] - rows["flow_rate_actual"]).abs().mean()
+        assert row["mase_day_ahead"] == pytest.approx(model_mae / naive_mae)
+    assert perf["mase_day_ahead"].notna().any()
 
 
 # -- no look-ahead ----------------------------------------------------------------------------
