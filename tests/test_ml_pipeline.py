@@ -48,6 +48,9 @@ SMALL = MLConfig(
     min_training_hours=72,
     leakage_holdout_days=4,
     min_leakage_training_days=4,
+    # A 72-hour holdout of five flow nodes measures coverage to about +-5 points (it was seen
+    # at 0.796 here); the full-size figure is the benchmark's (benchmarks/ml_quality.py).
+    min_interval_coverage=0.7,
 )
 PG = {
     k: os.environ.get(v, d)
