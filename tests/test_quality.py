@@ -336,9 +336,9 @@ def test_later_marts_pass_clean_rows_and_catch_broken_ones(target: Target, tmp_p
     assert not bad.passed
     assert _own(bad.critical_failures, "anomalies") == ["anomalies.severity_known"]
     assert _own(bad.critical_failures, "ml_predictions_cache") == [
-        "ml_predictions_cache.predicted_flow_rate_not_nan",
         "ml_predictions_cache.full_horizon",
         "ml_predictions_cache.lower_le_predicted",
+        "ml_predictions_cache.predicted_flow_rate_not_nan",
     ]
     # An implausible loss is a warning: recorded, it would not stop the cycle.
     assert _own(bad.critical_failures, "network_efficiency") == []
