@@ -15,7 +15,16 @@ from flows.kernel.settings import PUBLISHED_SCHEMA
 from ml.registry import list_models
 
 S = PUBLISHED_SCHEMA
-EVALUATION_SCORES = ("rmse", "mae", "mape", "mase", "interval_coverage", "drift_score")
+EVALUATION_SCORES = (
+    "rmse",
+    "mae",
+    "mape",
+    "mase",
+    "interval_coverage",
+    "drift_score",
+    "mase_day_ahead",  # forecasts made 24 h before (ml_forecast_history keeps every vintage)
+    "interval_coverage_day_ahead",
+)
 
 
 def _latest_evaluations(wh: ReadOnlyWarehouse) -> dict[str, dict[str, Any]]:

@@ -392,7 +392,7 @@ def suite_expectations(v: dict[str, Any]) -> dict[str, list]:
         ],
         "ml_predictions_cache": [
             *not_null(["node_id", "model_id", "prediction_timestamp", "target_timestamp"]),
-            *not_null(["flow_rate_predicted", "flow_rate_lower", "flow_rate_upper"], "not_nan"),
+            *not_null(["predicted_flow_rate", "flow_rate_lower", "flow_rate_upper"], "not_nan"),
             critical(
                 gxe.ExpectCompoundColumnsToBeUnique,
                 "forecast_key_unique",
@@ -410,14 +410,14 @@ def suite_expectations(v: dict[str, Any]) -> dict[str, list]:
             critical(
                 gxe.ExpectColumnValuesToBeBetween,
                 "lower_le_predicted",
-                "flow_rate_lower <= flow_rate_predicted.",
+                "flow_rate_lower <= predicted_flow_rate.",
                 column="predicted_minus_lower",
                 min_value=0.0,
             ),
             critical(
                 gxe.ExpectColumnValuesToBeBetween,
                 "predicted_le_upper",
-                "flow_rate_predicted <= flow_rate_upper.",
+                "predicted_flow_rate <= flow_rate_upper.",
                 column="upper_minus_predicted",
                 min_value=0.0,
             ),

@@ -203,11 +203,11 @@ select
     target_timestamp,
     horizon_hours,
     -- NaN is a missing forecast on both engines (pandas already reads it as null).
-    nullif(flow_rate_predicted, cast('NaN' as double precision)) as flow_rate_predicted,
+    nullif(predicted_flow_rate, cast('NaN' as double precision)) as predicted_flow_rate,
     nullif(flow_rate_lower, cast('NaN' as double precision)) as flow_rate_lower,
     nullif(flow_rate_upper, cast('NaN' as double precision)) as flow_rate_upper,
-    flow_rate_predicted - flow_rate_lower as predicted_minus_lower,
-    flow_rate_upper - flow_rate_predicted as upper_minus_predicted,
+    predicted_flow_rate - flow_rate_lower as predicted_minus_lower,
+    flow_rate_upper - predicted_flow_rate as upper_minus_predicted,
     -- Horizons of each node's newest forecast (older ones are partly overwritten by it).
     case
         when prediction_timestamp = max(prediction_timestamp) over (

@@ -31,17 +31,24 @@ class MLConfig:
     max_training_rows: int = 250_000
     max_evaluation_rows: int = 300_000
     gradient_boosting_iterations: int = 150
-    # Champion/challenger: the challenger must be better by this relative margin.
+    # Champion/challenger on the same held-out rows: the challenger's mean loss must be lower
+    # by this relative margin AND by this many (block-robust) standard errors.
     promotion_margin: float = 0.02
+    promotion_z: float = 2.0
     # Gates a first model must pass to become active at all.
     max_forecast_mase: float = 1.0
     min_interval_coverage: float = 0.80
     min_anomaly_auc: float = 0.70
     max_leakage_mase: float = 1.0
-    # Anomaly model: windows scored per run and alert rates on the training windows.
+    # Anomaly model: windows scored per run. Its warning threshold is calibrated on the
+    # training windows to the operators' alarm budget (the rule-based detectors' own: at most
+    # 0.01 warning-or-worse per node-day; an hourly window is 1/24 of a node-day); criticals
+    # are a tenth of that. Windows above the info rate but below the warning threshold are
+    # published as `info` evidence, never as alarms.
     anomaly_lookback_hours: int = 24
-    anomaly_warning_rate: float = 0.005
-    anomaly_critical_rate: float = 0.0005
+    anomaly_alarm_budget_per_node_day: float = 0.01
+    anomaly_critical_share: float = 0.1
+    anomaly_info_rate: float = 0.005
     # Leakage estimate: held-out local days, and the least balanced days to train on.
     leakage_holdout_days: int = 7
     min_leakage_training_days: int = 7
@@ -70,6 +77,8 @@ class MLConfig:
             raise ConfigError("WATER_ML_INTERVAL_COVERAGE must be between 0 and 1")
         if self.promotion_margin < 0:
             raise ConfigError("WATER_ML_PROMOTION_MARGIN must be >= 0")
+        if self.promotion_z < 0:
+            raise ConfigError("WATER_ML_PROMOTION_Z must be >= 0")
         if not 1 <= self.horizon_hours <= 24:
             # Target-side seasonal lags (24 h) are only known in advance up to 24 hours ahead.
             raise ConfigError("WATER_ML_HORIZON_HOURS must be between 1 and 24")

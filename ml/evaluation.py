@@ -33,6 +33,7 @@ from flows.kernel.settings import Target
 from flows.kernel.warehouse import Warehouse, connect
 from ml.features import all_pairs, forecast_design, normalise_feature_frame
 from ml.metrics import point_metrics
+from ml.models import interval_residual
 from ml.registry import ensure_ml_tables, get_model, load_model
 from ml.store import upsert_frame
 
@@ -51,9 +52,14 @@ PERFORMANCE_COLUMNS = (
     "interval_coverage",
     "drift_score",
     "mean_horizon_hours",
+    "mase_day_ahead",
+    "interval_coverage_day_ahead",
     "details",
     "evaluated_at",
 )
+# Horizons reported apart; the day-ahead figures are the forecasts made 24 hours before.
+REPORTED_HORIZONS = (1, 6, 12, 24)
+DAY_AHEAD_HOURS = 24
 
 
 @dataclass
@@ -99,6 +105,33 @@ def forecast_day_metrics(outcomes: pd.DataFrame) -> dict[str, Any]:
         "mean_horizon_hours": float(outcomes["horizon_hours"].mean()),
         "naive_compared": int(metrics["n"]),
     }
+
+
+def forecast_breakdown(outcomes: pd.DataFrame) -> dict[str, Any]:
+    """MASE, coverage and count per reported horizon and per node type (vintages make every
+    horizon observable): `by_horizon` {"1": {...}, "24": {...}}, `by_node_type`."""
+
+    def brief(rows: pd.DataFrame) -> dict[str, Any]:
+        m = forecast_day_metrics(rows)
+        return {
+            "n": m["n_predictions"],
+            "mase": _num(m["mase"]),
+            "interval_coverage": _num(m["interval_coverage"]),
+        }
+
+    horizons = outcomes["horizon_hours"].astype(int)
+    out: dict[str, Any] = {
+        "by_horizon": {
+            str(h): brief(outcomes.loc[horizons == h])
+            for h in REPORTED_HORIZONS
+            if (horizons == h).any()
+        }
+    }
+    if "node_type" in outcomes.columns:
+        out["by_node_type"] = {
+            str(t): brief(rows) for t, rows in outcomes.groupby("node_type", sort=True)
+        }
+    return out
 
 
 def evaluate(target: Target) -> EvaluationResult:
@@ -148,6 +181,8 @@ def _evaluate_forecasts(wh: Warehouse, result: EvaluationResult) -> None:
         drift = _forecast_drift(wh, model, subset) if model is not None else {}
         for day, group in subset.groupby("evaluation_date"):
             metrics = forecast_day_metrics(group)
+            breakdown = forecast_breakdown(group)
+            day_ahead = breakdown["by_horizon"].get(str(DAY_AHEAD_HOURS), {})
             score, per_feature = drift.get(day, (math.nan, {}))
             top = sorted(per_feature.items(), key=lambda kv: -kv[1])[:3]
             rows.append(
@@ -163,11 +198,14 @@ def _evaluate_forecasts(wh: Warehouse, result: EvaluationResult) -> None:
                     "interval_coverage": _num(metrics["interval_coverage"]),
                     "drift_score": _num(score),
                     "mean_horizon_hours": _num(metrics["mean_horizon_hours"]),
+                    "mase_day_ahead": day_ahead.get("mase"),
+                    "interval_coverage_day_ahead": day_ahead.get("interval_coverage"),
                     "details": json.dumps(
                         {
                             "naive_compared": metrics["naive_compared"],
                             "nodes": int(group["node_id"].nunique()),
                             "drift_top_features": {k: round(v, 4) for k, v in top},
+                            **breakdown,
                         },
                         sort_keys=True,
                     ),
@@ -203,6 +241,26 @@ def _forecast_drift(
     design = forecast_design(features, all_pairs(origins, DRIFT_HORIZONS))
     if design.empty:
         return {}
+    reference = getattr(model, "residual_reference", None)
+    if reference is not None:
+        # Season-aware: what drifts is the model's error, not its inputs. Inputs follow the
+        # season (temperature cools, demand shifts) on a network where the model still holds;
+        # residuals in units of the interval half-width keep their calibration distribution
+        # as long as the model does, and move when it no longer fits (a level shift, a leak).
+        design = design.loc[np.isfinite(design["actual"])]
+        predicted = model.predict(design)
+        design = pd.DataFrame(
+            {
+                "origin_start": design["origin_start"],
+                "interval_residual": interval_residual(
+                    design["actual"].to_numpy() - predicted["predicted"].to_numpy(),
+                    predicted["lower"].to_numpy() - predicted["predicted"].to_numpy(),
+                    predicted["upper"].to_numpy() - predicted["predicted"].to_numpy(),
+                ),
+            }
+        )
+    else:  # models trained before issue 16: input drift against the training sample
+        reference = model.reference
     origin_day = design["origin_start"].dt.date
     drift = {}
     for day in days:
@@ -210,9 +268,7 @@ def _forecast_drift(
             (origin_day <= day) & (origin_day > day - timedelta(days=DRIFT_WINDOW_DAYS))
         ]
         drift[day] = (
-            model.reference.drift_score(window)
-            if len(window) >= MIN_DRIFT_SAMPLE
-            else (math.nan, {})
+            reference.drift_score(window) if len(window) >= MIN_DRIFT_SAMPLE else (math.nan, {})
         )
     return drift
 
@@ -254,6 +310,8 @@ def _evaluate_leakage(wh: Warehouse, result: EvaluationResult) -> None:
                 "interval_coverage": None,
                 "drift_score": None,
                 "mean_horizon_hours": None,
+                "mase_day_ahead": None,
+                "interval_coverage_day_ahead": None,
                 "details": json.dumps({"districts": int(group["district"].nunique())}),
                 "evaluated_at": now,
             }
@@ -273,7 +331,15 @@ def _write(wh: Warehouse, rows: list[dict[str, Any]], result: EvaluationResult) 
         "water_infrastructure.model_performance",
         frame,
         ("model_id", "evaluation_date"),
-        ("n_predictions", "rmse", "mae", "mase", "interval_coverage", "drift_score"),
+        (
+            "n_predictions",
+            "rmse",
+            "mae",
+            "mase",
+            "interval_coverage",
+            "drift_score",
+            "mase_day_ahead",
+        ),
     )
     result.days += int(frame["evaluation_date"].nunique())
 

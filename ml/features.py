@@ -45,6 +45,7 @@ FEATURE_COLUMNS = (
     "flow_same_hour_weeks",
     "flow_day_type_mean_4w",
     "flow_day_type_days_4w",
+    "flow_sunday_mean_4w",
     "flow_mean_24h",
     "flow_std_24h",
     "flow_abs_mean_168h",
@@ -67,7 +68,16 @@ FEATURE_COLUMNS = (
 )
 
 BALANCE_ROLES = ("inlet", "outlet", "consumption", "monitoring")
-NODE_TYPES = ("bulk_meter", "flow_meter", "multi_sensor", "pressure_logger", "unknown")
+# New types go last: the codes of the older ones stay what older models were fitted on.
+NODE_TYPES = (
+    "bulk_meter",
+    "flow_meter",
+    "multi_sensor",
+    "pressure_logger",
+    "unknown",
+    "pump",
+    "tank",
+)
 
 # Known at the origin for a target up to 24 hours ahead (all refer to >= 24 h before it).
 TARGET_KNOWN_COLUMNS = (
@@ -82,6 +92,7 @@ TARGET_KNOWN_COLUMNS = (
     "flow_same_hour_weeks",
     "flow_day_type_mean_4w",
     "flow_day_type_days_4w",
+    "flow_sunday_mean_4w",
 )
 ORIGIN_STATE_COLUMNS = (
     "flow_rate",
@@ -114,6 +125,7 @@ FORECAST_FEATURES = (
     "target_same_hour_weeks",
     "target_day_type_mean_4w",
     "target_day_type_days_4w",
+    "target_sunday_mean_4w",
     "baseline",
     "origin_flow",
     "origin_lag_1h",
@@ -259,8 +271,12 @@ def _forecast_columns(d: pd.DataFrame) -> pd.DataFrame:
     # The typical value of the target hour, from the most specific estimate available: the
     # same local hour on days of the same type, the same hour of the week, last week, the
     # origin's 24-hour mean. The model learns the correction to it.
+    # A holiday with no past holiday of the node: its recent Sundays are the prior.
+    holiday = d["target__is_holiday"].fillna(False).astype(bool)
+    holiday_prior = d["target__flow_sunday_mean_4w"].where(holiday)
     baseline = (
         d["target__flow_day_type_mean_4w"]
+        .fillna(holiday_prior)
         .fillna(d["target__flow_same_hour_mean_4w"])
         .fillna(d["target__flow_last_week_local"])
         .fillna(d["origin__flow_mean_24h"])
@@ -284,6 +300,7 @@ def _forecast_columns(d: pd.DataFrame) -> pd.DataFrame:
             "target_same_hour_weeks": d["target__flow_same_hour_weeks"].astype(float).to_numpy(),
             "target_day_type_mean_4w": (d["target__flow_day_type_mean_4w"] / level).to_numpy(),
             "target_day_type_days_4w": d["target__flow_day_type_days_4w"].astype(float).to_numpy(),
+            "target_sunday_mean_4w": (d["target__flow_sunday_mean_4w"] / level).to_numpy(),
             "baseline": (baseline / level).to_numpy(),
             "origin_flow": (origin_flow / level).to_numpy(),
             "origin_lag_1h": (d["origin__flow_lag_1h"] / level).to_numpy(),
@@ -401,7 +418,10 @@ def anomaly_design(features: pd.DataFrame) -> pd.DataFrame:
     flow = w["flow_rate"].astype(float)
     pressure = w["pressure"].astype(float)
     expected_readings = w["expected_reading_count"].astype(float).where(lambda s: s > 0)
-    typical_flow = w["flow_same_hour_mean_4w"].fillna(w["flow_lag_24h"])
+    # A holiday is judged against past holidays (or recent Sundays), not the same weekday.
+    holiday = w["is_holiday"].astype(bool)
+    holiday_typical = w["flow_day_type_mean_4w"].fillna(w["flow_sunday_mean_4w"]).where(holiday)
+    typical_flow = holiday_typical.fillna(w["flow_same_hour_mean_4w"]).fillna(w["flow_lag_24h"])
     typical_pressure = w["pressure_same_hour_mean_4w"].fillna(w["pressure_lag_24h"])
     out = pd.DataFrame(
         {

@@ -120,3 +120,42 @@ def population_stability_index(
     e = np.clip(np.asarray(expected, dtype=float), floor, None)
     o = np.clip(np.asarray(observed, dtype=float), floor, None)
     return float(np.sum((o - e) * np.log(o / e)))
+
+
+def interval_score(
+    actual: np.ndarray, lower: np.ndarray, upper: np.ndarray, coverage: float
+) -> np.ndarray:
+    """Winkler's interval score per row (lower is better): the width, plus 2/alpha times the
+    distance by which the actual falls outside. It rewards narrow intervals only while they
+    keep their nominal coverage, so a challenger cannot win by shrinking its interval."""
+    actual, lower, upper = (np.asarray(a, dtype=float) for a in (actual, lower, upper))
+    alpha = 1.0 - coverage
+    return (
+        (upper - lower)
+        + (2.0 / alpha) * np.clip(lower - actual, 0, None)
+        + (2.0 / alpha) * np.clip(actual - upper, 0, None)
+    )
+
+
+def paired_difference(
+    challenger: np.ndarray, champion: np.ndarray, blocks: np.ndarray
+) -> tuple[float, float, int]:
+    """Mean of (challenger - champion) per row, its standard error and the number of blocks.
+
+    Rows of one block (a node's day, a district) are correlated, so the standard error is
+    the cluster-robust one over block sums: treating 300 000 hourly rows as independent would
+    call a noise-sized difference significant."""
+    diff = np.asarray(challenger, dtype=float) - np.asarray(champion, dtype=float)
+    keep = np.isfinite(diff)
+    diff, blocks = diff[keep], np.asarray(blocks)[keep]
+    n = diff.size
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(diff.mean())
+    frame = pd.DataFrame({"b": blocks, "d": diff - mean})
+    sums = frame.groupby("b", sort=False)["d"].sum().to_numpy()
+    k = sums.size
+    if k < 2:
+        return mean, math.nan, k
+    se = float(np.sqrt(k / (k - 1) * np.sum(sums**2)) / n)
+    return mean, se, k

@@ -57,6 +57,11 @@ class FlowForecaster:
     reference: ReferenceDistribution
     feature_names: tuple[str, ...] = FORECAST_FEATURES
     algorithm: str = "hist_gradient_boosting+split_conformal"
+    # Per node type: (lower, upper) residual quantiles by horizon, so that coverage holds for
+    # each type (a bulk inlet is smoother than a consumption meter), not only pooled.
+    group_quantiles: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # Calibration residuals in units of the interval half-width: what drift is judged on.
+    residual_reference: ReferenceDistribution | None = None
 
     @classmethod
     def fit(
@@ -125,20 +130,71 @@ class FlowForecaster:
                 conformal_bounds(r, alpha) if r.size >= _MIN_CALIBRATION_PER_HORIZON else pooled
             )
             self.lower_quantiles[h - 1], self.upper_quantiles[h - 1] = bounds
+        groups = _interval_group(calibration)
+        self.group_quantiles = {}
+        for group in np.unique(groups):
+            in_group = groups == group
+            if in_group.sum() < _MIN_CALIBRATION_PER_HORIZON:
+                continue  # too few: the pooled per-horizon quantiles serve it
+            lower, upper = self.lower_quantiles.copy(), self.upper_quantiles.copy()
+            group_pooled = conformal_bounds(residual[in_group], alpha)
+            for h in range(1, 25):
+                r = residual[in_group & (horizon == h)]
+                # few rows of a type at one horizon: the type's own pooled quantiles
+                lower[h - 1], upper[h - 1] = (
+                    conformal_bounds(r, alpha)
+                    if r.size >= _MIN_CALIBRATION_PER_HORIZON
+                    else group_pooled
+                )
+            self.group_quantiles[str(group)] = (lower, upper)
+        lower_q, upper_q = self._quantiles(calibration)
+        self.residual_reference = ReferenceDistribution.from_frame(
+            pd.DataFrame({"interval_residual": interval_residual(residual, lower_q, upper_q)}),
+            ["interval_residual"],
+        )
+
+    def _quantiles(self, design: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Per row: the residual quantiles of its node type (else pooled) at its horizon."""
+        h = design["horizon_hours"].to_numpy().astype(int) - 1
+        lower, upper = self.lower_quantiles[h].copy(), self.upper_quantiles[h].copy()
+        groups = getattr(self, "group_quantiles", None) or {}  # older artifacts have none
+        if groups:
+            names = _interval_group(design)
+            for group, (g_lower, g_upper) in groups.items():
+                rows = names == group
+                lower[rows], upper[rows] = g_lower[h[rows]], g_upper[h[rows]]
+        return lower, upper
 
     def predict(self, design: pd.DataFrame) -> pd.DataFrame:
         predicted = self._point(design)
         level = design["level"].to_numpy()
         scale = self._residual_scale(predicted, level)
-        h = design["horizon_hours"].to_numpy().astype(int) - 1
+        lower, upper = self._quantiles(design)
         return pd.DataFrame(
             {
                 "predicted": predicted,
-                "lower": predicted + self.lower_quantiles[h] * scale,
-                "upper": predicted + self.upper_quantiles[h] * scale,
+                "lower": predicted + lower * scale,
+                "upper": predicted + upper * scale,
             },
             index=design.index,
         )
+
+
+def interval_residual(residual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """A residual in units of its interval's half-width (comparable across horizons, node
+    types and flow levels): about +-1 at the interval's ends whenever the model holds."""
+    half = (np.asarray(upper, dtype=float) - np.asarray(lower, dtype=float)) / 2
+    return np.asarray(residual, dtype=float) / np.where(half > 0, half, np.nan)
+
+
+def _interval_group(design: pd.DataFrame) -> np.ndarray:
+    """The group an interval is calibrated in: the node type (with its balance role, since
+    an inlet bulk meter and a consumption flow meter of one type behave differently)."""
+    return (
+        design["node_type"].astype(str).to_numpy()
+        + "|"
+        + design["balance_role"].astype(str).to_numpy()
+    )
 
 
 def conformal_bounds(residuals: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -153,59 +209,115 @@ def conformal_bounds(residuals: np.ndarray, alpha: float) -> tuple[float, float]
     return float(r[k_lo - 1]), float(r[k_hi - 1])
 
 
+# Inputs of the deviation score: every window feature but the has_* indicators.
+_DEVIATION_FEATURES = tuple(c for c in ANOMALY_FEATURES if not c.startswith("has_"))
+
+
 @dataclass
 class WindowAnomalyModel:
+    """Scores hourly windows by their largest robust deviation: for each window feature, the
+    distance from its training median in units of the training's 99th-percentile distance;
+    the window's score is the largest of them. Thresholds are calibrated on the training
+    windows to the alarm budget (`fit`).
+
+    Why not the IsolationForest this model used before: its score saturates (a point far
+    outside the data is isolated no faster than one just outside it), so at an alarm budget of
+    1 window in 2,400 it caught 0.1 % of the injected faults on the realistic network, the
+    deviation score 13 % (AUC 0.91 against 0.84). Artifacts of the older isolation_forest
+    models still load and score as before."""
+
     model_id: str
-    estimator: IsolationForest
+    estimator: IsolationForest | None
     warning_threshold: float
     critical_threshold: float
     feature_scale: dict[str, float]
     reference: ReferenceDistribution
     feature_names: tuple[str, ...] = ANOMALY_FEATURES
     algorithm: str = "isolation_forest"
+    info_threshold: float | None = None
+    deviation_center: np.ndarray | None = None
+    deviation_scale: np.ndarray | None = None
 
     @classmethod
     def fit(
         cls,
         model_id: str,
         design: pd.DataFrame,
-        warning_rate: float,
-        critical_rate: float,
+        alarm_budget_per_node_day: float,
+        critical_share: float,
+        info_rate: float,
         seed: int,
     ) -> WindowAnomalyModel:
+        """Fit on (clean) history; thresholds so that at most `alarm_budget_per_node_day`
+        windows per node-day of that history score above warning (hourly windows: 24 per
+        node-day), a `critical_share` of those above critical, `info_rate` above info.
+        (`seed` is kept for the interface: the deviation score is deterministic.)"""
         if len(design) < 200:
             raise ModelError(f"too few windows to train an anomaly model ({len(design)})")
-        estimator = IsolationForest(
-            n_estimators=200, max_samples=min(1024, len(design)), random_state=seed, n_jobs=1
-        )
-        x = anomaly_matrix(design)
-        estimator.fit(x)
-        scores = -estimator.score_samples(x)
-        return cls(
+        x = design[list(_DEVIATION_FEATURES)].to_numpy(dtype=float)
+        center = np.median(x, axis=0)
+        scale = np.quantile(np.abs(x - center), 0.99, axis=0)
+        scale = np.where(scale > 1e-6, scale, 1e-3)  # a constant feature: any change counts
+        model = cls(
             model_id=model_id,
-            estimator=estimator,
-            warning_threshold=float(np.quantile(scores, 1 - warning_rate)),
-            critical_threshold=float(np.quantile(scores, 1 - critical_rate)),
+            estimator=None,
+            warning_threshold=math.inf,
+            critical_threshold=math.inf,
             feature_scale={
                 c: float(design[c].std() or 1.0) for c in ("flow_vs_typical", "pressure_vs_typical")
             },
             reference=ReferenceDistribution.from_frame(design, list(ANOMALY_FEATURES)),
+            algorithm="robust_deviation",
+            deviation_center=center,
+            deviation_scale=scale,
+        )
+        scores = model.score(design)
+        warning_rate = alarm_budget_per_node_day / 24.0
+
+        def above(rate: float) -> float:
+            # "higher": a score of the history, so strictly fewer than rate x n lie above it
+            return float(np.quantile(scores, 1 - rate, method="higher"))
+
+        model.warning_threshold = above(warning_rate)
+        model.critical_threshold = max(
+            above(warning_rate * critical_share), model.warning_threshold
+        )
+        model.info_threshold = min(above(info_rate), model.warning_threshold)
+        return model
+
+    def severities(self, scores: np.ndarray) -> np.ndarray:
+        """critical / warning above their thresholds (strictly), info above the info
+        threshold, '' below. Models trained before issue 16 have no info threshold."""
+        info = getattr(self, "info_threshold", None)
+        info = self.warning_threshold if info is None else info
+        return np.select(
+            [
+                scores > self.critical_threshold,
+                scores > self.warning_threshold,
+                scores >= info,
+            ],
+            ["critical", "warning", "info"],
+            "",
         )
 
     def score(self, design: pd.DataFrame) -> np.ndarray:
         """Higher = more anomalous."""
         if design.empty:
             return np.empty(0)
-        return -self.estimator.score_samples(anomaly_matrix(design))
+        if getattr(self, "deviation_scale", None) is None:  # an isolation_forest artifact
+            return -self.estimator.score_samples(anomaly_matrix(design))
+        x = design[list(_DEVIATION_FEATURES)].to_numpy(dtype=float)
+        return (np.abs(x - self.deviation_center) / self.deviation_scale).max(axis=1)
 
     @property
     def detection_method(self) -> str:
-        return f"isolation_forest:{self.model_id}"
+        return f"{self.algorithm}:{self.model_id}"
 
     def detections(self, design: pd.DataFrame, detected_at: datetime) -> pd.DataFrame:
-        """Rows in the anomalies contract for the windows at or beyond the warning threshold."""
+        """Rows in the anomalies contract for the windows at or beyond the info threshold."""
         scores = self.score(design)
-        flagged = design.assign(score=scores).loc[scores >= self.warning_threshold]
+        severity = self.severities(scores)
+        flagged = design.assign(score=scores, severity=severity).loc[severity != ""]
         rows = []
         for w in flagged.itertuples(index=False):
             flow_z = abs(w.flow_vs_typical) / max(self.feature_scale["flow_vs_typical"], 1e-9)
@@ -238,7 +350,7 @@ class WindowAnomalyModel:
                     "window_start": window_start,
                     "detected_at": detected_at,
                     "anomaly_type": "ml_outlier",
-                    "severity": "critical" if w.score >= self.critical_threshold else "warning",
+                    "severity": w.severity,
                     "measurement_type": measurement,
                     "actual_value": _or_none(actual),
                     "expected_value": _or_none(expected),
@@ -249,6 +361,12 @@ class WindowAnomalyModel:
                             "window": "1hour",
                             "score": round(float(w.score), 6),
                             "warning_threshold": round(self.warning_threshold, 6),
+                            "info_threshold": round(
+                                float(
+                                    getattr(self, "info_threshold", None) or self.warning_threshold
+                                ),
+                                6,
+                            ),
                             "critical_threshold": round(self.critical_threshold, 6),
                             "leading_features": {name: round(value, 4) for name, value in leading},
                         },

@@ -25,17 +25,19 @@ import hashlib
 import json
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 
 from flows.kernel.jsonable import jsonable
 from flows.kernel.settings import load_settings
 from flows.kernel.warehouse import Warehouse
 from ml.config import MODEL_TYPES, MLConfig
+from ml.metrics import paired_difference
 
 STATUSES = ("created", "validated", "active", "retired")
 
@@ -64,6 +66,7 @@ _COMMON_DDL = [
         activated_at timestamptz,
         retired_at timestamptz,
         reason text,
+        promotion_evidence text,
         unique (model_type, version),
         check ((status = 'active') = (active_model_type is not null)),
         check (active_model_type is null or active_model_type = model_type)
@@ -80,6 +83,8 @@ _COMMON_DDL = [
         interval_coverage double precision,
         drift_score double precision,
         mean_horizon_hours double precision,
+        mase_day_ahead double precision,
+        interval_coverage_day_ahead double precision,
         details text,
         evaluated_at timestamptz not null,
         primary key (model_id, evaluation_date)
@@ -125,10 +130,10 @@ _POSTGRES_DDL = [
         prediction_timestamp timestamptz not null,
         target_timestamp timestamptz not null,
         horizon_hours integer not null,
-        flow_rate_predicted double precision not null,
+        predicted_flow_rate double precision not null,
         flow_rate_lower double precision not null,
         flow_rate_upper double precision not null,
-        confidence double precision not null,
+        confidence_score double precision not null,
         created_at timestamptz not null,
         primary key (model_id, node_id, target_timestamp)
     )""",
@@ -144,10 +149,34 @@ class ArtifactIntegrityError(RegistryError):
     """An artifact is missing or its bytes differ from the checksum in the registry."""
 
 
+# Columns renamed to the seed's names (issue 16): tables created before keep their rows.
+_RENAMED_COLUMNS = (
+    ("ml", "flow_forecasts", "flow_rate_predicted", "predicted_flow_rate"),
+    ("ml", "flow_forecasts", "confidence", "confidence_score"),
+    ("water_infrastructure", "ml_predictions_cache", "flow_rate_predicted", "predicted_flow_rate"),
+    ("water_infrastructure", "ml_predictions_cache", "confidence", "confidence_score"),
+)
+
+
 def ensure_ml_tables(wh: Warehouse) -> None:
     """Create the ML tables if missing (idempotent); safe before any data exists."""
     for ddl in _COMMON_DDL + (_POSTGRES_DDL if wh.type == "postgres" else []):
         wh.execute(ddl)
+    # Added by issue 16 (registries created before lack it).
+    for table, column in (
+        ("ml_models", "promotion_evidence text"),
+        ("model_performance", "mase_day_ahead double precision"),
+        ("model_performance", "interval_coverage_day_ahead double precision"),
+    ):
+        wh.execute(f"alter table water_infrastructure.{table} add column if not exists {column}")
+    for schema, table, old, new in _RENAMED_COLUMNS:
+        found = wh.scalar(
+            "select count(*) from information_schema.columns where table_schema = %(s)s"
+            " and table_name = %(t)s and column_name = %(c)s",
+            {"s": schema, "t": table, "c": old},
+        )
+        if found:
+            wh.execute(f"alter table {schema}.{table} rename column {old} to {new}")
 
 
 # -- artifacts ------------------------------------------------------------------------
@@ -210,11 +239,31 @@ def load_model(record: dict[str, Any], root: Path | None = None) -> Any:
 
 @dataclass(frozen=True)
 class PromotionRule:
-    """How a model type is judged: one primary metric, its direction, and first-model gates."""
+    """How a model type is judged: its skill metric, the gates a first model must pass, and
+    whether its intervals must stay calibrated (nominal coverage) for it to replace another."""
 
     primary_metric: str
     higher_is_better: bool
     gates: tuple[tuple[str, str, float], ...]  # (metric, "<" | ">=" ..., threshold)
+    nominal_coverage: float | None = None  # interval models: calibration is judged too
+
+
+@dataclass(frozen=True)
+class HoldoutLosses:
+    """One model's per-row losses on the held-out rows (the same rows, in the same order, for
+    the challenger and the champion), for the paired comparison.
+
+    - blocks: the unit of the paired test (a node's day, a node, a district): rows of one
+      block are correlated and count as one observation in the standard error;
+    - skill: lower is better (absolute error; for the anomaly model each injected fault's
+      rank loss, whose mean is 1 - AUC: a loss has no ceiling a champion can sit on);
+    - interval / covered: interval score and whether the actual fell inside (interval models).
+    """
+
+    blocks: np.ndarray
+    skill: np.ndarray
+    interval: np.ndarray | None = None
+    covered: np.ndarray | None = None
 
 
 def promotion_rules(config: MLConfig) -> dict[str, PromotionRule]:
@@ -226,6 +275,7 @@ def promotion_rules(config: MLConfig) -> dict[str, PromotionRule]:
                 ("mase", "<", config.max_forecast_mase),
                 ("interval_coverage", ">=", config.min_interval_coverage),
             ),
+            nominal_coverage=config.interval_coverage,
         ),
         "anomaly": PromotionRule(
             "perturbation_auc", True, (("perturbation_auc", ">=", config.min_anomaly_auc),)
@@ -239,6 +289,9 @@ class Decision:
     validated: bool
     promote: bool
     reason: str
+    # What the decision rests on (paired differences, standard errors, coverage errors):
+    # stored with the model (ml_models.promotion_evidence).
+    evidence: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def _check(value: float, op: str, threshold: float) -> bool:
@@ -254,47 +307,105 @@ def decide_promotion(
     challenger: dict[str, float],
     champion: dict[str, float] | None,
     rule: PromotionRule,
-    margin: float,
+    config: MLConfig,
+    challenger_losses: HoldoutLosses | None = None,
+    champion_losses: HoldoutLosses | None = None,
 ) -> Decision:
-    """Champion/challenger on metrics measured on the same held-out window.
+    """Champion/challenger on the same held-out rows.
 
-    The challenger is validated when its metrics are finite and pass the rule's gates; it is
-    promoted when there is no champion, or when it beats the champion's primary metric by the
-    relative `margin` (lower-is-better: challenger <= champion x (1 - margin); higher-is-better:
-    challenger >= champion + margin x |champion|)."""
+    Without a champion, the challenger is activated when it passes the rule's gates (absolute
+    quality: beats seasonal-naive / persistence, keeps its interval). With a champion the gates
+    do not apply - a hard week (a public holiday) makes every model look bad, and the better
+    one must still be able to replace the worse - and the challenger is activated only if:
+
+    - skill: its mean loss is lower on the paired rows by at least `promotion_margin`
+      (relative) and by `promotion_z` standard errors (block-robust), so a noise-sized gain on
+      a small holdout is not a win;
+    - calibration (interval models): its coverage error |coverage - nominal| is no larger than
+      the champion's (or within `promotion_z` standard errors of nominal), and its interval
+      score is not significantly worse: narrower intervals that miss more cannot win.
+    """
     name = rule.primary_metric
     value = challenger.get(name)
     if value is None or not math.isfinite(value):
         return Decision(False, False, f"failed validation: {name} is missing or not finite")
-    for metric, op, threshold in rule.gates:
-        observed = challenger.get(metric)
-        if observed is None or not math.isfinite(observed) or not _check(observed, op, threshold):
-            return Decision(
-                False,
-                False,
-                f"failed validation: {metric} {_fmt(observed)} is not {op} {threshold:g}",
-            )
     if champion is None:
+        for metric, op, threshold in rule.gates:
+            observed = challenger.get(metric)
+            if (
+                observed is None
+                or not math.isfinite(observed)
+                or not _check(observed, op, threshold)
+            ):
+                return Decision(
+                    False,
+                    False,
+                    f"failed validation: {metric} {_fmt(observed)} is not {op} {threshold:g}",
+                )
         return Decision(True, True, f"no active model; {name} {_fmt(value)} passes the gates")
     best = champion.get(name)
     if best is None or not math.isfinite(best):
         return Decision(
             True, True, f"champion has no finite {name} on this window; challenger {_fmt(value)}"
         )
-    if rule.higher_is_better:
-        needed = best + margin * abs(best)
-        wins = value >= needed and value > best
-        relation = ">="
-    else:
-        needed = best * (1 - margin) if best >= 0 else best - margin * abs(best)
-        wins = value <= needed and value < best
-        relation = "<="
-    verdict = "beats" if wins else "does not beat"
-    reason = (
-        f"{name} {_fmt(value)} {verdict} champion {_fmt(best)} by the {margin:.0%} margin "
-        f"(needed {relation} {_fmt(needed)}) on the same held-out window"
+    if challenger_losses is None or champion_losses is None:
+        return Decision(True, False, "no paired held-out losses: the champion stays")
+    z, margin = config.promotion_z, config.promotion_margin
+    ch, cp = challenger_losses, champion_losses
+    diff, se, blocks = paired_difference(ch.skill, cp.skill, ch.blocks)
+    base = float(np.nanmean(cp.skill))
+    relative = diff / base if base > 0 else (-math.inf if diff < 0 else 0.0)
+    t = diff / se if se and math.isfinite(se) and se > 0 else (-math.inf if diff < 0 else 0.0)
+    evidence: dict[str, Any] = {
+        "rows": int(np.isfinite(ch.skill - cp.skill).sum()),
+        "blocks": blocks,
+        "champion_mean_loss": base,
+        "loss_difference": diff,
+        "loss_difference_se": se,
+        "t": t,
+        "relative_change": relative,
+        "z": z,
+        "margin": margin,
+    }
+    skill_wins = diff < 0 and t <= -z and -relative >= margin
+    skill_text = (
+        f"{name} {_fmt(value)} vs champion {_fmt(best)}; paired loss change {relative:+.1%}"
+        f" ({t:+.1f} SE over {blocks} blocks; needs <= -{margin:.0%} and <= -{z:g} SE)"
     )
-    return Decision(True, wins, reason)
+    calibration_ok, calibration_text = True, ""
+    if rule.nominal_coverage is not None and ch.covered is not None and cp.covered is not None:
+        nominal = rule.nominal_coverage
+        cov_ch, cov_cp = float(np.nanmean(ch.covered)), float(np.nanmean(cp.covered))
+        _, se_cov, _ = paired_difference(
+            ch.covered.astype(float), np.full(len(ch.covered), nominal), ch.blocks
+        )
+        err_ch, err_cp = abs(cov_ch - nominal), abs(cov_cp - nominal)
+        tolerance = z * se_cov if math.isfinite(se_cov) else 0.0
+        is_diff, is_se, _ = paired_difference(ch.interval, cp.interval, ch.blocks)
+        is_t = is_diff / is_se if is_se and math.isfinite(is_se) and is_se > 0 else 0.0
+        coverage_ok = err_ch <= max(err_cp, tolerance)
+        score_ok = is_t < z
+        calibration_ok = coverage_ok and score_ok
+        evidence |= {
+            "coverage": cov_ch,
+            "champion_coverage": cov_cp,
+            "coverage_tolerance": tolerance,
+            "interval_score_difference": is_diff,
+            "interval_score_t": is_t,
+        }
+        calibration_text = (
+            f"; coverage {cov_ch:.3f} vs champion {cov_cp:.3f} (nominal {nominal:g},"
+            f" tolerance {tolerance:.3f}), interval score {is_t:+.1f} SE"
+        )
+    promote = skill_wins and calibration_ok
+    if promote:
+        verdict = "promoted"
+    elif not skill_wins:
+        verdict = "champion stays: skill gain not significant"
+    else:
+        verdict = "champion stays: worse calibrated"
+    evidence["verdict"] = verdict
+    return Decision(True, promote, f"{verdict}: {skill_text}{calibration_text}", evidence)
 
 
 def _fmt(value: float | None) -> str:
@@ -382,6 +493,9 @@ def record_decision(
         else None,
         "primary": primary_metric,
         "reason": decision.reason,
+        "evidence": json.dumps(jsonable(decision.evidence), sort_keys=True)
+        if decision.evidence
+        else None,
         "now": now,
     }
     with wh.transaction():
@@ -393,7 +507,7 @@ def record_decision(
         wh.execute(
             """update water_infrastructure.ml_models
             set metrics = %(metrics)s, champion_metrics = %(champion)s, primary_metric = %(primary)s,
-                reason = %(reason)s,
+                reason = %(reason)s, promotion_evidence = %(evidence)s,
                 status = case when %(validated)s then 'validated' else status end,
                 validated_at = case when %(validated)s then %(now)s else validated_at end
             where model_id = %(model_id)s""",
@@ -437,7 +551,8 @@ def _activate(wh: Warehouse, model_type: str, model_id: str, now: datetime, reas
 _RECORD_COLUMNS = (
     "model_id, model_type, version, status, algorithm, metrics, champion_metrics, primary_metric,"
     " training_start, training_end, holdout_start, holdout_end, training_rows, artifact_path,"
-    " artifact_sha256, created_at, validated_at, activated_at, retired_at, reason"
+    " artifact_sha256, created_at, validated_at, activated_at, retired_at, reason,"
+    " promotion_evidence"
 )
 
 
@@ -451,7 +566,7 @@ def _records(wh: Warehouse, where: str, params: dict[str, Any]) -> list[dict[str
     records = []
     for row in rows:
         record = dict(zip(names, row, strict=True))
-        for key in ("metrics", "champion_metrics"):
+        for key in ("metrics", "champion_metrics", "promotion_evidence"):
             record[key] = json.loads(record[key]) if record[key] else None
         records.append(record)
     return records

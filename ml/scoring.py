@@ -5,7 +5,7 @@ target_timestamp): the latest forecast for that hour (a later origin replaces an
 the same origin again changes nothing). Columns: prediction_id (md5 of the key),
 model_id, node_id, prediction_timestamp (the forecast is as of this instant: the end of the
 node's latest complete hour), target_timestamp (start of the forecast hour), horizon_hours
-(1..24), flow_rate_predicted, flow_rate_lower, flow_rate_upper (the interval), confidence
+(1..24), predicted_flow_rate, flow_rate_lower, flow_rate_upper (the interval), confidence_score
 (its nominal coverage, 0.9), created_at (when this version of the row was written).
 
 On duckdb (and bigquery) that table is the dbt Python model
@@ -50,16 +50,16 @@ CACHE_COLUMNS = (
     "prediction_timestamp",
     "target_timestamp",
     "horizon_hours",
-    "flow_rate_predicted",
+    "predicted_flow_rate",
     "flow_rate_lower",
     "flow_rate_upper",
-    "confidence",
+    "confidence_score",
     "created_at",
 )
 CACHE_KEY = ("model_id", "node_id", "target_timestamp")
 _CACHE_COMPARED = (
     "prediction_timestamp",
-    "flow_rate_predicted",
+    "predicted_flow_rate",
     "flow_rate_lower",
     "flow_rate_upper",
 )
@@ -106,10 +106,10 @@ def empty_cache_frame() -> pd.DataFrame:
             "prediction_timestamp": pd.Series(dtype="datetime64[us, UTC]"),
             "target_timestamp": pd.Series(dtype="datetime64[us, UTC]"),
             "horizon_hours": pd.Series(dtype="int32"),
-            "flow_rate_predicted": pd.Series(dtype=float),
+            "predicted_flow_rate": pd.Series(dtype=float),
             "flow_rate_lower": pd.Series(dtype=float),
             "flow_rate_upper": pd.Series(dtype=float),
-            "confidence": pd.Series(dtype=float),
+            "confidence_score": pd.Series(dtype=float),
             "created_at": pd.Series(dtype="datetime64[us, UTC]"),
         }
     )
@@ -148,10 +148,10 @@ def forecast_cache_rows(
             "prediction_timestamp": design["origin_start"] + pd.Timedelta(hours=1),
             "target_timestamp": target_ts,
             "horizon_hours": design["horizon_hours"].astype("int32"),
-            "flow_rate_predicted": predicted["predicted"].round(_DECIMALS),
+            "predicted_flow_rate": predicted["predicted"].round(_DECIMALS),
             "flow_rate_lower": predicted["lower"].round(_DECIMALS),
             "flow_rate_upper": predicted["upper"].round(_DECIMALS),
-            "confidence": float(model.coverage),
+            "confidence_score": float(model.coverage),
         }
     )
     rows.insert(
@@ -278,7 +278,8 @@ def _hour_start(hour_index: int) -> datetime:
 
 def _publish_forecasts(target: Target) -> None:
 
-    run_dbt(target, "run", ["--select", "ml_predictions_cache"])
+    # the cache, then its vintages (ml_forecast_history keeps every cycle's forecast)
+    run_dbt(target, "run", ["--select", "ml_predictions_cache", "ml_forecast_history"])
 
 
 def _score_anomalies(

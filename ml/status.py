@@ -40,8 +40,8 @@ def ml_status(wh: Warehouse) -> MLStatus:
         if record is None:
             continue
         rows = wh.query(
-            "select evaluation_date, n_predictions, mae, mase, interval_coverage, drift_score"
-            " from water_infrastructure.model_performance where model_id = %(m)s"
+            "select evaluation_date, n_predictions, mae, mase, interval_coverage, drift_score,"
+            " mase_day_ahead from water_infrastructure.model_performance where model_id = %(m)s"
             " order by evaluation_date desc limit 1",
             {"m": record["model_id"]},
         )
@@ -53,6 +53,7 @@ def ml_status(wh: Warehouse) -> MLStatus:
                 "mase",
                 "interval_coverage",
                 "drift_score",
+                "mase_day_ahead",
             )
             status.latest_performance[model_type] = dict(zip(keys, rows[0], strict=True))
     if wh.relation_exists("water_infrastructure", "ml_predictions_cache"):
@@ -93,7 +94,7 @@ def format_ml_status(status: MLStatus | None) -> list[str]:
         if latest:
             scores = ", ".join(
                 f"{name} {latest[name]:.3g}"
-                for name in ("mae", "mase", "interval_coverage", "drift_score")
+                for name in ("mae", "mase", "mase_day_ahead", "interval_coverage", "drift_score")
                 if _finite(latest.get(name))
             )
             lines.append(

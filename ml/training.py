@@ -2,8 +2,9 @@
 
 For every model type the newest data is the held-out window (by target time) and nothing
 from it is used to fit the challenger. The active model (champion) is scored on exactly the
-same held-out rows; the challenger becomes active only if it beats the champion's primary
-metric by `MLConfig.promotion_margin`, otherwise it stays `validated` with the reason.
+same held-out rows; the challenger becomes active only if it wins the paired comparison
+(`ml.registry.decide_promotion`: skill by a margin and in standard errors, calibration no
+worse), otherwise it stays `validated` with the reason and the evidence.
 
 flow_forecast: train | calibration | holdout blocks of target hours (default 168 h each for the
 last two); pairs (origin, horizon 1..24) are sampled from the training block; intervals are
@@ -40,9 +41,10 @@ from ml.features import (
     read_features,
     read_leakage_features,
 )
-from ml.metrics import point_metrics
+from ml.metrics import interval_score, point_metrics
 from ml.models import FlowForecaster, LeakageEstimator, ModelError, WindowAnomalyModel
 from ml.registry import (
+    HoldoutLosses,
     active_model,
     decide_promotion,
     ensure_ml_tables,
@@ -147,13 +149,13 @@ def _register_and_decide(
         champion_record = active_model(wh, model_type)
     model_id = new_model_id(model_type, version)
     model, training_rows = build(model_id)
-    metrics = evaluate_on_holdout(model)
-    champion_metrics = None
+    metrics, losses = evaluate_on_holdout(model)
+    champion_metrics = champion_losses = None
     if champion_record is not None:
         champion = load_model(champion_record)  # a changed artifact fails loudly here
-        champion_metrics = evaluate_on_holdout(champion)
+        champion_metrics, champion_losses = evaluate_on_holdout(champion)
     rule = promotion_rules(config)[model_type]
-    decision = decide_promotion(metrics, champion_metrics, rule, config.promotion_margin)
+    decision = decide_promotion(metrics, champion_metrics, rule, config, losses, champion_losses)
     artifact_path, sha256 = save_artifact(model, model_type, model_id)
     with connect(target) as wh:
         register_model(
@@ -288,8 +290,8 @@ def _train_forecast(target: Target, features: pd.DataFrame, config: MLConfig) ->
         )
         return model, len(train_design)
 
-    def evaluate_on_holdout(model) -> dict[str, Any]:
-        return forecast_holdout_metrics(model, holdout_design)
+    def evaluate_on_holdout(model) -> tuple[dict[str, Any], HoldoutLosses]:
+        return forecast_holdout_metrics(model, holdout_design, with_losses=True)
 
     window = {
         "training_start": _hour(split.first + 168),
@@ -305,7 +307,11 @@ def _train_forecast(target: Target, features: pd.DataFrame, config: MLConfig) ->
         return _skip("flow_forecast", str(exc))
 
 
-def forecast_holdout_metrics(model: FlowForecaster, holdout: pd.DataFrame) -> dict[str, Any]:
+def forecast_holdout_metrics(
+    model: FlowForecaster, holdout: pd.DataFrame, with_losses: bool = False
+):
+    """Holdout metrics (and, with `with_losses`, the per-row losses for the paired
+    champion/challenger test: blocks are a node's UTC day of target hours)."""
     predicted = model.predict(holdout)
     metrics = point_metrics(
         holdout["actual"].to_numpy(),
@@ -326,7 +332,21 @@ def forecast_holdout_metrics(model: FlowForecaster, holdout: pd.DataFrame) -> di
             by_horizon[str(h)] = {"mae": m["mae"], "mase": m["mase"]}
     metrics["by_horizon"] = by_horizon
     metrics["nodes"] = int(holdout["node_id"].nunique())
-    return metrics
+    if not with_losses:
+        return metrics
+    actual = holdout["actual"].to_numpy(dtype=float)
+    lower, upper = predicted["lower"].to_numpy(), predicted["upper"].to_numpy()
+    losses = HoldoutLosses(
+        blocks=(
+            holdout["node_id"].astype(str)
+            + "|"
+            + (holdout["target_hour_index"].to_numpy() // 24).astype(str)
+        ).to_numpy(),
+        skill=np.abs(predicted["predicted"].to_numpy() - actual),
+        interval=interval_score(actual, lower, upper, model.coverage),
+        covered=(actual >= lower) & (actual <= upper),
+    )
+    return metrics, losses
 
 
 # -- anomaly ---------------------------------------------------------------------------
@@ -362,7 +382,7 @@ def perturb_windows(features: pd.DataFrame, rng: np.random.Generator) -> pd.Data
 
 def anomaly_holdout_metrics(
     model: WindowAnomalyModel, clean: pd.DataFrame, perturbed: pd.DataFrame
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], HoldoutLosses]:
     clean_scores = model.score(clean)
     perturbed_scores = model.score(perturbed)
     labels = np.concatenate([np.zeros(len(clean_scores)), np.ones(len(perturbed_scores))])
@@ -372,16 +392,39 @@ def anomaly_holdout_metrics(
         if len(clean_scores) and len(perturbed_scores)
         else math.nan
     )
-    return {
+    clean_alarms = model.severities(clean_scores) if len(clean_scores) else np.empty(0)
+    perturbed_alarms = model.severities(perturbed_scores) if len(perturbed_scores) else np.empty(0)
+    node_days = len(clean_scores) / 24.0
+    metrics = {
         "perturbation_auc": auc,
-        "holdout_alert_rate": float(np.mean(clean_scores >= model.warning_threshold))
+        # Untouched held-out windows at warning or worse: the false alarms the budget caps.
+        "holdout_alert_rate": float(np.isin(clean_alarms, ["warning", "critical"]).mean())
         if len(clean_scores)
         else math.nan,
-        "perturbed_detection_rate": float(np.mean(perturbed_scores >= model.warning_threshold))
+        "holdout_false_alarms_per_node_day": float(
+            np.isin(clean_alarms, ["warning", "critical"]).sum() / node_days
+        )
+        if len(clean_scores)
+        else math.nan,
+        "holdout_info_rate": float((clean_alarms == "info").mean())
+        if len(clean_scores)
+        else math.nan,
+        # Recall of the injected faults at that budget.
+        "perturbed_detection_rate": float(np.isin(perturbed_alarms, ["warning", "critical"]).mean())
         if len(perturbed_scores)
         else math.nan,
         "holdout_windows": len(clean_scores),
     }
+    # Each injected fault's rank loss: the share of untouched windows scoring at least as
+    # high (ties half). Its mean is 1 - AUC; per fault it pairs challenger and champion.
+    ordered = np.sort(clean_scores)
+    above = len(ordered) - np.searchsorted(ordered, perturbed_scores, side="right")
+    ties = np.searchsorted(ordered, perturbed_scores, side="right") - np.searchsorted(
+        ordered, perturbed_scores, side="left"
+    )
+    rank_loss = (above + 0.5 * ties) / max(len(ordered), 1)
+    losses = HoldoutLosses(blocks=perturbed["node_id"].astype(str).to_numpy(), skill=rank_loss)
+    return metrics, losses
 
 
 def _train_anomaly(target: Target, features: pd.DataFrame, config: MLConfig) -> TrainingResult:
@@ -411,8 +454,9 @@ def _train_anomaly(target: Target, features: pd.DataFrame, config: MLConfig) -> 
         model = WindowAnomalyModel.fit(
             model_id,
             train_design,
-            config.anomaly_warning_rate,
-            config.anomaly_critical_rate,
+            config.anomaly_alarm_budget_per_node_day,
+            config.anomaly_critical_share,
+            config.anomaly_info_rate,
             config.random_seed,
         )
         return model, len(train_design)
@@ -439,14 +483,19 @@ def _train_anomaly(target: Target, features: pd.DataFrame, config: MLConfig) -> 
 # -- leakage ---------------------------------------------------------------------------
 
 
-def leakage_holdout_metrics(model: LeakageEstimator, holdout: pd.DataFrame) -> dict[str, Any]:
+def leakage_holdout_metrics(
+    model: LeakageEstimator, holdout: pd.DataFrame
+) -> tuple[dict[str, Any], HoldoutLosses]:
     estimate = model.predict(holdout)
     actual = holdout["actual_loss_ls"].to_numpy()
     metrics = point_metrics(actual, estimate, naive=holdout["previous_day_loss_ls"].to_numpy())
     night_rule = point_metrics(actual, holdout["night_loss_ls"].to_numpy())
     metrics["night_loss_rule_mae"] = night_rule["mae"]
     metrics["districts"] = int(holdout["district"].nunique())
-    return metrics
+    losses = HoldoutLosses(
+        blocks=holdout["district"].astype(str).to_numpy(), skill=np.abs(estimate - actual)
+    )
+    return metrics, losses
 
 
 def _train_leakage(target: Target, daily: pd.DataFrame, config: MLConfig) -> TrainingResult:

@@ -89,3 +89,31 @@ def test_drift_is_zero_for_the_training_sample_and_grows_with_a_shift():
     shifted, per_feature = reference.drift_score(pd.DataFrame({"x": rng.normal(1.0, 1, 5000)}))
     assert same == pytest.approx(0.0, abs=1e-12)
     assert shifted > 0.2 and set(per_feature) == {"x"}
+
+
+def test_anomaly_thresholds_hold_clean_history_to_the_alarm_budget():
+    from ml.features import ANOMALY_FEATURES
+    from ml.models import WindowAnomalyModel
+
+    rng = np.random.default_rng(4)
+
+    def clean(node_days: int) -> pd.DataFrame:
+        n = node_days * 24
+        frame = pd.DataFrame({c: rng.normal(0, 0.1, n) for c in ANOMALY_FEATURES})
+        frame["has_flow"], frame["has_pressure"], frame["completeness"] = 1.0, 1.0, 1.0
+        return frame
+
+    history = clean(40 * 30)  # 40 nodes x 30 days
+    model = WindowAnomalyModel.fit("anomaly-v1-test", history, 0.01, 0.1, 0.005, seed=1)
+    severity = model.severities(model.score(history))
+    alarms = np.isin(severity, ["warning", "critical"]).sum()
+    assert alarms / (len(history) / 24) <= 0.01
+    assert (severity == "info").mean() == pytest.approx(0.005, abs=0.001)
+    assert model.info_threshold < model.warning_threshold <= model.critical_threshold
+    # Fresh clean windows stay near the budget; a clear fault is an alarm, not evidence.
+    fresh = model.severities(model.score(clean(40 * 7)))
+    assert np.isin(fresh, ["warning", "critical"]).sum() / (40 * 7) <= 0.03
+    # A burst: flow far above its usual hour, yesterday and the last hour; pressure down.
+    burst = {"flow_vs_typical": 1.5, "flow_vs_yesterday": 1.5, "flow_vs_previous_hour": 1.5}
+    fault = clean(1).head(1).assign(**burst, pressure_vs_typical=-1.0)
+    assert model.severities(model.score(fault))[0] in ("warning", "critical")

@@ -48,6 +48,9 @@ SMALL = MLConfig(
     min_training_hours=72,
     leakage_holdout_days=4,
     min_leakage_training_days=4,
+    # A 72-hour holdout of five flow nodes measures coverage to about +-5 points (it was seen
+    # at 0.796 here); the full-size figure is the benchmark's (benchmarks/ml_quality.py).
+    min_interval_coverage=0.7,
 )
 PG = {
     k: os.environ.get(v, d)
@@ -208,13 +211,35 @@ def test_forecasts_cover_the_next_24_hours_of_every_node_with_enough_history(pip
     assert forecast.nodes_skipped["no_flow"] == 1
     per_node = cache.groupby("node_id")["horizon_hours"].apply(sorted)
     assert all(h == list(range(1, 25)) for h in per_node)
-    assert (cache["flow_rate_lower"] <= cache["flow_rate_predicted"]).all()
-    assert (cache["flow_rate_predicted"] <= cache["flow_rate_upper"]).all()
+    assert (cache["flow_rate_lower"] <= cache["predicted_flow_rate"]).all()
+    assert (cache["predicted_flow_rate"] <= cache["flow_rate_upper"]).all()
     assert cache["prediction_id"].is_unique
     origin = pd.to_datetime(cache["prediction_timestamp"], utc=True)
     targets = pd.to_datetime(cache["target_timestamp"], utc=True)
     assert ((targets - origin) == pd.to_timedelta(cache["horizon_hours"] - 1, unit="h")).all()
     assert origin.max() <= pd.Timestamp(FIRST_PART_END + timedelta(days=1), tz="UTC")
+
+
+@pytest.mark.parametrize("pipeline", ["postgres"], indirect=True)
+def test_seed_query_on_the_predictions_cache_runs_on_postgres(pipeline):
+    # The seed's column list, verbatim (DESIGN.md "Other published tables").
+    seed_sql = (
+        "SELECT prediction_id, model_id, node_id, prediction_timestamp, target_timestamp,"
+        " predicted_flow_rate, confidence_score FROM water_infrastructure.ml_predictions_cache"
+    )
+    with psycopg.connect(**pipeline.target.pg_dsn_parts) as con:
+        rows = con.execute(seed_sql).fetchall()
+    assert len(rows) >= 5 * 24
+    cache = pipeline.cache_after_first.set_index(["node_id", "target_timestamp"])
+    for prediction_id, model_id, node_id, origin, target, predicted, confidence in rows[:24]:
+        assert len(prediction_id) == 32 and model_id.startswith("flow_forecast-v")
+        assert target > origin - timedelta(hours=1)
+        assert confidence == pytest.approx(0.9)
+        if (node_id, pd.Timestamp(target)) in cache.index:
+            lower, upper = cache.loc[
+                (node_id, pd.Timestamp(target)), ["flow_rate_lower", "flow_rate_upper"]
+            ]
+            assert lower <= predicted <= upper
 
 
 def test_scoring_twice_changes_nothing(pipeline):
@@ -276,8 +301,10 @@ def test_ml_anomalies_flag_the_burst_in_the_anomalies_contract(pipeline):
         assert flagged["measurement_type"] == "pressure"
         assert flagged["actual_value"] < flagged["expected_value"]
     assert abs(flagged["deviation_percentage"]) > 10
+    # A 3x burst is an alarm, not only evidence, at the 0.01 per node-day budget.
+    assert set(burst.loc[in_burst.to_numpy(), "severity"]) & {"warning", "critical"}
     anomaly_model = next(r.model_id for r in pipeline.training if r.model_type == "anomaly")
-    assert set(rows["detection_method"]) == {f"isolation_forest:{anomaly_model}"}
+    assert set(rows["detection_method"]) == {f"robust_deviation:{anomaly_model}"}
     assert set(rows["severity"]) <= {"info", "warning", "critical"}
     # Quiet history stays quiet: nothing flagged before the last day on the other nodes.
     assert (
@@ -311,6 +338,32 @@ def test_evaluation_scores_forecasts_whose_targets_are_observed(pipeline):
     model_mae = (rows["flow_rate_predicted"] - rows["flow_rate_actual"]).abs().mean()
     naive_mae = (rows["flow_rate_seasonal_naive"] - rows["flow_rate_actual"]).abs().mean()
     assert day["mase"] == pytest.approx(model_mae / naive_mae)
+    # Every vintage is kept (here two cycles' forecasts of each node, all 24 horizons).
+    with connect(pipeline.target) as wh:
+        missing = wh.scalar(
+            "select count(*) from water_infrastructure.ml_predictions_cache as c"
+            " where not exists (select 1 from ml.ml_forecast_history as h"
+            " where h.model_id = c.model_id and h.node_id = c.node_id"
+            " and h.prediction_timestamp = c.prediction_timestamp"
+            " and h.target_timestamp = c.target_timestamp)"
+        )
+        vintages = wh.scalar(
+            "select min(n) from (select node_id, count(distinct prediction_timestamp) as n"
+            " from ml.ml_forecast_history group by node_id) as per_node"
+        )
+    assert missing == 0 and vintages >= 2
+    day_ahead = outcomes.loc[outcomes["horizon_hours"] == 24]
+    assert len(day_ahead) >= 5
+    for _, row in perf.loc[perf["mase_day_ahead"].notna()].iterrows():
+        rows = day_ahead.loc[
+            pd.to_datetime(day_ahead["target_timestamp"], utc=True).dt.date
+            == pd.Timestamp(row["evaluation_date"]).date()
+        ]
+        rows = rows.loc[rows["flow_rate_seasonal_naive"].notna()]
+        model_mae = (rows["flow_rate_predicted"] - rows["flow_rate_actual"]).abs().mean()
+        naive_mae = (rows["flow_rate_seasonal_naive"] - rows["flow_rate_actual"]).abs().mean()
+        assert row["mase_day_ahead"] == pytest.approx(model_mae / naive_mae)
+    assert perf["mase_day_ahead"].notna().any()
 
 
 # -- no look-ahead ----------------------------------------------------------------------------

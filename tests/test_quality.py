@@ -245,7 +245,7 @@ def _later_mart_rows() -> dict[str, tuple[str, list[dict], list[dict]]]:
             "prediction_timestamp": now,
             "target_timestamp": hours[horizon - 1],
             "horizon_hours": horizon,
-            "flow_rate_predicted": predicted,
+            "predicted_flow_rate": predicted,
             "flow_rate_lower": lower,
             "flow_rate_upper": upper,
             "created_at": now,
@@ -255,7 +255,7 @@ def _later_mart_rows() -> dict[str, tuple[str, list[dict], list[dict]]]:
     # N0002: only 23 horizons, one interval upside down, one NaN forecast.
     broken_forecasts = [forecast("N0002", h, 10.0, 8.0, 12.0) for h in range(1, 24)]
     broken_forecasts[0]["flow_rate_lower"] = 11.0
-    broken_forecasts[1]["flow_rate_predicted"] = float("nan")
+    broken_forecasts[1]["predicted_flow_rate"] = float("nan")
 
     def anomaly(anomaly_id: str, severity: str) -> dict:
         return {
@@ -330,9 +330,9 @@ def test_later_marts_pass_clean_rows_and_catch_broken_ones(target: Target, tmp_p
     assert not bad.passed
     assert _own(bad.critical_failures, "anomalies") == ["anomalies.severity_known"]
     assert _own(bad.critical_failures, "ml_predictions_cache") == [
-        "ml_predictions_cache.flow_rate_predicted_not_nan",
         "ml_predictions_cache.full_horizon",
         "ml_predictions_cache.lower_le_predicted",
+        "ml_predictions_cache.predicted_flow_rate_not_nan",
     ]
     # An implausible loss is a warning: recorded, it would not stop the cycle.
     assert _own(bad.critical_failures, "network_efficiency") == []

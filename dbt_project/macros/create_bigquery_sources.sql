@@ -81,9 +81,9 @@
         "create table if not exists " ~ ml.incorporate(path={'identifier': 'flow_forecasts'}) ~ " (
             prediction_id string not null, model_id string not null, node_id string not null,
             prediction_timestamp timestamp not null, target_timestamp timestamp not null,
-            horizon_hours int64 not null, flow_rate_predicted float64 not null,
+            horizon_hours int64 not null, predicted_flow_rate float64 not null,
             flow_rate_lower float64 not null, flow_rate_upper float64 not null,
-            confidence float64 not null, created_at timestamp not null)",
+            confidence_score float64 not null, created_at timestamp not null)",
     ] -%}
     {%- for statement in statements -%}
         {%- do run_query(statement) -%}

@@ -70,8 +70,10 @@ windows as (
         anomalies.anomaly_type,
         anomalies.measurement_type,
         anomalies.window_start,
+        {#- the ML detector scores hourly windows (ml.scoring): an hour, not 5 minutes -#}
         {{ add_seconds('anomalies.window_start',
-            "case when anomalies.detection_method = 'night_flow_baseline' then " ~ night_s ~ ' else 300 end') }}
+            "case when anomalies.detection_method = 'night_flow_baseline' then " ~ night_s
+            ~ " when anomalies.anomaly_type = 'ml_outlier' then 3600 else 300 end") }}
             as window_end,
         case
             when anomalies.detection_method = 'night_flow_baseline' then {{ night_quiet_s }}

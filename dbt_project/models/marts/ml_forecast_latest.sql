@@ -34,7 +34,8 @@ final as (
     select
         predictions.node_id,
         predictions.target_timestamp,
-        predictions.flow_rate_predicted,
+        -- The seed's column name in the cache; Redis and the API keep flow_rate_predicted.
+        predictions.predicted_flow_rate as flow_rate_predicted,
         predictions.flow_rate_lower,
         predictions.flow_rate_upper,
         predictions.model_id

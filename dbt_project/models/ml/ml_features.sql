@@ -176,10 +176,13 @@ with_calendar as (
         ({{ iso_day_of_week('enriched.local_start') }} - 1) * 24
             + cast(extract(hour from enriched.local_start) as integer) as local_hour_of_week,
         holidays.holiday_date is not null as is_holiday,
-        -- weekday | saturday | sunday (holidays count as sundays): days of one type share
-        -- their demand profile, so the same local hour of that type is the typical value
+        -- weekday | saturday | sunday | holiday: days of one type share their demand
+        -- profile, so the same local hour of that type is the typical value. A public
+        -- holiday is a type of its own, learned from the node's past holidays (a utility's
+        -- holiday may look like a Sunday, a Saturday or a normal day); ml.features falls
+        -- back to the Sunday profile only while the node has no past holiday.
         case
-            when holidays.holiday_date is not null then 'sunday'
+            when holidays.holiday_date is not null then 'holiday'
             when {{ iso_day_of_week('enriched.local_start') }} = 7 then 'sunday'
             when {{ iso_day_of_week('enriched.local_start') }} = 6 then 'saturday'
             else 'weekday'
@@ -223,14 +226,32 @@ windowed as (
             partition by node_id, local_hour_of_week order by hour_index
             range between 673 preceding and 167 preceding
         ) as flow_same_hour_weeks,
-        avg(flow_rate) over (
-            partition by node_id, day_type, local_hour order by hour_index
+        -- holidays are rare: their own type looks back a year, the others four weeks
+        case
+            when day_type = 'holiday' then avg(flow_rate) over (
+                partition by node_id, day_type, local_hour order by hour_index
+                range between 8784 preceding and 24 preceding
+            )
+            else avg(flow_rate) over (
+                partition by node_id, day_type, local_hour order by hour_index
+                range between 672 preceding and 24 preceding
+            )
+        end as flow_day_type_mean_4w,
+        case
+            when day_type = 'holiday' then count(flow_rate) over (
+                partition by node_id, day_type, local_hour order by hour_index
+                range between 8784 preceding and 24 preceding
+            )
+            else count(flow_rate) over (
+                partition by node_id, day_type, local_hour order by hour_index
+                range between 672 preceding and 24 preceding
+            )
+        end as flow_day_type_days_4w,
+        -- the same local hour on the Sundays of the 4 weeks before: a holiday's prior
+        avg(case when day_type = 'sunday' then flow_rate end) over (
+            partition by node_id, local_hour order by hour_index
             range between 672 preceding and 24 preceding
-        ) as flow_day_type_mean_4w,
-        count(flow_rate) over (
-            partition by node_id, day_type, local_hour order by hour_index
-            range between 672 preceding and 24 preceding
-        ) as flow_day_type_days_4w,
+        ) as flow_sunday_mean_4w,
         avg(flow_rate) over (
             partition by node_id order by hour_index
             range between 23 preceding and current row
@@ -309,6 +330,7 @@ final as (
         windowed.flow_same_hour_weeks,
         windowed.flow_day_type_mean_4w,
         windowed.flow_day_type_days_4w,
+        windowed.flow_sunday_mean_4w,
         windowed.flow_mean_24h,
         windowed.flow_std_24h,
         windowed.flow_abs_mean_168h,

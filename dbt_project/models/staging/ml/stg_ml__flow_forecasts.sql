@@ -18,10 +18,10 @@ final as (
         prediction_timestamp,
         target_timestamp,
         horizon_hours,
-        flow_rate_predicted,
+        predicted_flow_rate,
         flow_rate_lower,
         flow_rate_upper,
-        confidence,
+        confidence_score,
         created_at
     from source
 
