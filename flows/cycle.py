@@ -36,7 +36,7 @@ import redis
 
 from flows import progress
 from flows.config import PUBLISHED_SCHEMA, Target
-from flows.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
+from flows.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt, test_scope
 from flows.jobs import (
     LOCK_FOR_JOB,
     METADATA_WATERMARK_KEY,
@@ -73,6 +73,7 @@ STEP_TIMEOUTS_S = {
     "ml_scoring": 1800,
     "publish": 300,
     "evaluate": 3600,
+    "data_tests": 3600,
     "train": 3 * 3600,
 }
 STAGING_SCHEMA = "water_staging"
@@ -489,7 +490,10 @@ class _Run:
                 "skipped", detail={"reason": "no new raw rows since the last completed run"}
             )
         _ensure_ml_tables(self.target)
-        outcome = self.steps.dbt_build(self.target)
+        # Data tests check what this cycle built (rows after the watermark); the first build,
+        # the daily job and CI test whole tables.
+        with test_scope(scope.watermark):
+            outcome = self.steps.dbt_build(self.target)
         self.result.dbt = outcome
         if not outcome.success:
             raise DbtError("dbt build failed: " + "; ".join(outcome.failures))
@@ -767,6 +771,8 @@ def run_model_job(
     with run.closing():
         if kind == "evaluation":
             run.step("evaluate", _evaluate, target)
+            # Cycles test only what they built; the daily job tests every table whole.
+            run.step("data_tests", _full_data_tests, target)
         else:
             run.step("train", _train, target, model_type)
         run.job.summary["model_type"] = model_type
@@ -782,6 +788,15 @@ def _evaluate(target: Target) -> StepRecord:
     from ml.evaluation import evaluate  # ImportError fails the job: nothing to evaluate with
 
     return StepRecord("ok", detail={"result": _jsonable(evaluate(target))})
+
+
+def _full_data_tests(target: Target) -> StepRecord:
+    """Every dbt data test on whole tables (no cycle scope); a failure fails the job."""
+    with test_scope(None):
+        outcome = run_dbt(target, "test", list(CYCLE_DBT_ARGS), raise_on_failure=False)
+    if not outcome.success:
+        raise DbtError("full-table data tests failed: " + "; ".join(outcome.failures))
+    return StepRecord("ok", detail={"tests": len(outcome.node_timings)})
 
 
 def _train(target: Target, model_type: str | None) -> StepRecord:

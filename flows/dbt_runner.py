@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,27 @@ class DbtOutcome:
     failures: list[str] = field(default_factory=list)
     node_timings: dict[str, float] = field(default_factory=dict)
     rows_affected: dict[str, int] = field(default_factory=dict)
+
+
+# A cycle's data tests check the rows loaded or rebuilt after this boundary (the cycle's
+# watermark); unset, every test checks the whole table (`dbt build`, the daily job, CI).
+# An environment value, not --vars: changed vars make dbt re-parse the project every cycle.
+# Read by the macro get_where_subquery (dbt_project/macros/get_where_subquery.sql).
+TEST_SCOPE_ENV = "WATER_TEST_SCOPE_SINCE"
+
+
+@contextmanager
+def test_scope(since: datetime | None) -> Iterator[None]:
+    """Scope the data tests of the dbt runs inside to rows after `since` (None: full)."""
+    saved = os.environ.pop(TEST_SCOPE_ENV, None)
+    if since is not None:
+        os.environ[TEST_SCOPE_ENV] = since.astimezone(UTC).isoformat()
+    try:
+        yield
+    finally:
+        os.environ.pop(TEST_SCOPE_ENV, None)
+        if saved is not None:
+            os.environ[TEST_SCOPE_ENV] = saved
 
 
 @contextmanager
