@@ -43,8 +43,8 @@ from flows.quality import (  # noqa: E402
     GX_ENGINES,
     SUITES,
     checkpoint_name,
-    gx_project_root,
     engine_batch_sql,
+    gx_project_root,
     postgres_runtime_environment,
 )
 

@@ -193,6 +193,9 @@ class Scope:
     data_end: datetime | None = None
     metadata_watermark: datetime | None = None
     metadata_at: datetime | None = None
+    # Database clock when this run's dbt build began: the marts gate and the data tests check
+    # the rows rebuilt after it (None: the first build, everything).
+    build_start: datetime | None = None
 
 
 @dataclass
@@ -468,9 +471,9 @@ class _Run:
             return StepRecord(
                 "skipped", detail={"reason": f"flows.quality is not available ({exc})"}
             )
-        result = gate(
-            self.target, stage, run_id=self.result.cycle_id, since_loaded_at=scope.watermark
-        )
+        # Raw: the rows loaded after the watermark; marts: the rows this run's dbt rebuilt.
+        since = scope.build_start if stage == "marts" and scope.build_start else scope.watermark
+        result = gate(self.target, stage, run_id=self.result.cycle_id, since_loaded_at=since)
         detail = {
             "checked_rows": getattr(result, "checked_rows", None),
             "warnings": _jsonable(getattr(result, "warnings", [])),
@@ -490,9 +493,13 @@ class _Run:
                 "skipped", detail={"reason": "no new raw rows since the last completed run"}
             )
         _ensure_ml_tables(self.target)
-        # Data tests check what this cycle built (rows after the watermark); the first build,
-        # the daily job and CI test whole tables.
-        with test_scope(scope.watermark):
+        # Data tests check what this cycle built (rows loaded after the watermark, rows
+        # rebuilt from now on, by the database clock); the first build, the daily job and
+        # CI test whole tables.
+        if scope.watermark is not None:
+            with open_warehouse(self.target) as wh:
+                scope.build_start = wh.scalar("select current_timestamp")
+        with test_scope(scope.watermark, scope.build_start):
             outcome = self.steps.dbt_build(self.target)
         self.result.dbt = outcome
         if not outcome.success:
@@ -772,7 +779,7 @@ def run_model_job(
         if kind == "evaluation":
             run.step("evaluate", _evaluate, target)
             # Cycles test only what they built; the daily job tests every table whole.
-            run.step("data_tests", _full_data_tests, target)
+            run.step("data_tests", full_data_tests, target)
         else:
             run.step("train", _train, target, model_type)
         run.job.summary["model_type"] = model_type
@@ -790,9 +797,9 @@ def _evaluate(target: Target) -> StepRecord:
     return StepRecord("ok", detail={"result": _jsonable(evaluate(target))})
 
 
-def _full_data_tests(target: Target) -> StepRecord:
+def full_data_tests(target: Target) -> StepRecord:
     """Every dbt data test on whole tables (no cycle scope); a failure fails the job."""
-    with test_scope(None):
+    with test_scope(None, None):
         outcome = run_dbt(target, "test", list(CYCLE_DBT_ARGS), raise_on_failure=False)
     if not outcome.success:
         raise DbtError("full-table data tests failed: " + "; ".join(outcome.failures))

@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-
 from flows.config import PROJECT_ROOT, PUBLISHED_SCHEMA, QUALITY_PAGE_URL, Target
 from flows.dbt_runner import DbtError
 from flows.warehouse import Warehouse, WarehouseError, connect
@@ -577,9 +576,7 @@ def _run_stage(
         with session, gx_context(env) as context:
             for spec in (s for s in readable if boundaries[s.name] == bound):
                 try:
-                    suite_checks, rows = _validate_suite(
-                        context, target, spec, run_id, checked_at
-                    )
+                    suite_checks, rows = _validate_suite(context, target, spec, run_id, checked_at)
                 except QualityError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - GX could not load the batch at all

@@ -2,13 +2,14 @@
     Data tests in a processing cycle check what the cycle built, not the whole history.
 
     dbt calls get_where_subquery(relation) for the model a data test is attached to; this
-    override adds a scope to the test's own `where` when the var `test_scope_since` (or the
-    environment's WATER_TEST_SCOPE_SINCE, which the cycle sets to its batch boundary, the
-    watermark) is set and the model names its scope
-    column in `meta.test_scope_column` (loaded_at, computed_at, scored_at ...: stamped
-    by the database clock when the row was loaded or (re)computed, so "after the watermark"
-    is every row loaded or rebuilt since the previous batch). Without the var (dbt build,
-    the daily job, CI) every test runs on the full table, as dbt's own macro does.
+    override adds a scope to the test's own `where` when the model names it in
+    `meta.test_scope: {column: C, after: watermark | build_start}` and the cycle gave the
+    boundary: vars `test_scope_watermark` / `test_scope_build_start`, or the environment's
+    WATER_TEST_SCOPE_WATERMARK / WATER_TEST_SCOPE_BUILD_START (what `water cycle` sets).
+    `watermark`: rows loaded after the cycle's batch boundary (loaded_at); `build_start`:
+    rows the cycle's dbt run (re)computed (computed_at, scored_at ...: stamped by the
+    database clock). Without them (dbt build, the daily job, CI) every test runs on the
+    full table, as dbt's own macro does.
 #}
 {% macro get_where_subquery(relation) -%}
     {%- set where = config.get('where', '') -%}
@@ -33,19 +34,21 @@
     {%- if not execute -%}
         {%- do return('') -%}
     {%- endif -%}
-    {%- set since = var('test_scope_since', none) or env_var('WATER_TEST_SCOPE_SINCE', '') -%}
-    {%- if not since -%}
+    {%- set attached = graph.nodes.get(model.attached_node) if model.attached_node else none -%}
+    {%- set scope = attached.config.meta.get('test_scope') if attached else none -%}
+    {%- if not scope -%}
         {%- do return('') -%}
     {%- endif -%}
-    {%- set attached = graph.nodes.get(model.attached_node) if model.attached_node else none -%}
-    {%- set column = attached.config.meta.get('test_scope_column') if attached else none -%}
-    {%- if not column -%}
+    {%- set column = scope['column'] -%}
+    {%- set since = var('test_scope_' ~ scope['after'], none)
+        or env_var('WATER_TEST_SCOPE_' ~ scope['after'] | upper, '') -%}
+    {%- if not since -%}
         {%- do return('') -%}
     {%- endif -%}
     {#- The boundary is an ISO timestamp from the cycle; refuse anything else. -#}
     {%- if not modules.re.fullmatch('[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9:.]+(Z|[+-][0-9:]+)?', since | string) -%}
         {%- do exceptions.raise_compiler_error(
-            "var test_scope_since must be an ISO timestamp, got " ~ since) -%}
+            "test scope boundary must be an ISO timestamp, got " ~ since) -%}
     {%- endif -%}
     {%- do return(column ~ ' > ' ~ utc_timestamp(since | string)) -%}
 {%- endmacro %}
