@@ -138,7 +138,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="water-history-") as tmp:
-        short, long = (bench(args.engine, args.nodes, d, args.repeat, Path(tmp)) for d in args.days)
+        results = []
+        for days in args.days:
+            results.append(bench(args.engine, args.nodes, days, args.repeat, Path(tmp)))
+            print(json.dumps(results[-1]), flush=True)  # a long run shows each result as it ends
+        short, long = results
     print(
         json.dumps(
             {"short": short, "long": long, "ratio": round(long["best_s"] / short["best_s"], 2)},
