@@ -327,7 +327,8 @@ def statement_reads(sql: str, catalog: dict[str, TableInfo]) -> dict[str, tuple[
 def run_captured(target, command: str, extra: list[str]) -> list[tuple[str, str]]:
     """Run dbt in this process; return (node, sql) for every statement it sent."""
     from dbt.cli.main import dbtRunner
-    from flows.dbt_runner import dbt_args, dbt_environment
+
+    from flows.kernel.dbt_runner import dbt_args, dbt_environment
 
     statements: list[tuple[str, str]] = []
 

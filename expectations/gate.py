@@ -8,12 +8,13 @@ module only runs them. Each expectation carries a severity:
 * `warning`: recorded and reported, the cycle goes on.
 
 A gate checks the cycle's new rows, not the whole history, and runs where the data is:
-on PostgreSQL through GX's SQL datasource (the committed query assets read the batch
-boundary from the connection setting `water.gx_since`, so the queries stay fixed and
-reviewable and no value is pasted into SQL); on DuckDB the same queries fetch the batch
-as a DataFrame for GX's pandas datasource (GX's SQL path returns empty metrics on
-DuckDB, see STACK-NOTES). Every expectation result lands in
-`water_infrastructure.quality_checks`, which `water status` and `water validate` read.
+GX's SQL datasources on PostgreSQL and DuckDB, so every metric is an aggregate the engine
+computes and no batch is copied into Python. The committed query assets read the batch
+boundary from the session (PostgreSQL: the connection setting `water.gx_since`; DuckDB:
+the variable `water_gx_since`), so the queries stay fixed and reviewable and no value is
+pasted into SQL. Row keys (uniqueness) are dbt's tests, not re-checked here. Every
+expectation result lands in `water_infrastructure.quality_checks`, which `water status`
+and `water validate` read.
 """
 
 from __future__ import annotations
@@ -24,11 +25,9 @@ import numbers
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import pandas as pd
 
 from expectations.results import (
     CheckResult,
@@ -40,6 +39,7 @@ from expectations.results import (
 from expectations.suites import (
     BEGINNING,
     DATA_DOCS_SITE,
+    DUCKDB_SINCE_VARIABLE,
     GX_ENGINES,
     STAGES,
     STAGING_READINGS,
@@ -47,6 +47,7 @@ from expectations.suites import (
     QualityError,
     SuiteSpec,
     checkpoint_name,
+    duckdb_runtime_environment,
     gx_project_root,
     postgres_runtime_environment,
 )
@@ -62,6 +63,73 @@ log = logging.getLogger(__name__)
 
 # `water validate` checks what arrived in the last day before the newest row of each table.
 VALIDATE_LOOKBACK = timedelta(hours=24)
+
+
+# The DuckDB batch boundary of the GX context that is open (one at a time per process), and
+# the connections GX opened for it: closed when it ends, so the file is free for the
+# cycle's next step (DuckDB refuses a second configuration of an open file).
+_duckdb_session: dict[str, str] = {}
+_duckdb_opened: list[Any] = []
+
+
+def _install_duckdb_support() -> None:
+    """Two small adapters so GX's SQL datasource works on DuckDB (idempotent).
+
+    * GX reads a query's rows after closing its pooled connection; duckdb-engine's result
+      is gone by then and every metric comes back empty (great_expectations#11579). On
+      DuckDB the rows are buffered before the connection closes: metrics are aggregates,
+      a few rows each.
+    * Each new DuckDB connection GX opens gets the batch boundary as the session variable
+      the committed query assets read, and UTC as its time zone.
+    """
+    # GX and SQLAlchemy take seconds to import; only a validation needs them.
+    import sqlalchemy as sa
+    from great_expectations.execution_engine.sqlalchemy_execution_engine import (
+        SqlAlchemyExecutionEngine,
+    )
+
+    if getattr(SqlAlchemyExecutionEngine.execute_query, "water_duckdb", False):
+        return
+    original = SqlAlchemyExecutionEngine.execute_query
+
+    def execute_query(self, query):
+        if self.engine.dialect.name != "duckdb":
+            return original(self, query)
+        with self.get_connection() as connection:
+            return self._execute_query_with_recovery(connection, query).freeze()()
+
+    execute_query.water_duckdb = True  # type: ignore[attr-defined]
+    SqlAlchemyExecutionEngine.execute_query = execute_query
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        if type(dbapi_connection).__module__.split(".")[0] != "duckdb_engine":
+            return
+        _duckdb_opened.append(dbapi_connection)
+        dbapi_connection.execute("set TimeZone = 'UTC'")
+        since = _duckdb_session.get("since")
+        if since is not None:
+            dbapi_connection.execute(
+                f"set variable {DUCKDB_SINCE_VARIABLE} = cast($1 as timestamptz)", [since]
+            )
+
+    sa.event.listen(sa.engine.Engine, "connect", on_connect)
+
+
+@contextmanager
+def duckdb_session(since: datetime) -> Iterator[None]:
+    """GX's DuckDB connections opened inside read `since` as their batch boundary."""
+    _install_duckdb_support()
+    _duckdb_session["since"] = since.astimezone(UTC).isoformat()
+    try:
+        yield
+    finally:
+        _duckdb_session.pop("since", None)
+        while _duckdb_opened:
+            connection = _duckdb_opened.pop()
+            try:
+                connection.close()
+            except Exception as exc:  # noqa: BLE001 - already closed by its pool
+                log.debug("closing a GX DuckDB connection: %s", exc)
 
 
 @contextmanager
@@ -146,7 +214,6 @@ def _run_stage(
             log.warning("cannot create the staging view: %s", exc)
 
     checks: list[CheckResult] = []
-    frames: dict[str, pd.DataFrame] = {}
     boundaries: dict[str, datetime] = {}
     readable: list[SuiteSpec] = []
     with connect(target) as wh:
@@ -159,27 +226,29 @@ def _run_stage(
                 checks.append(_suite_check(spec, "error", f"{schema}.{table} does not exist"))
         for spec in present:
             boundaries[spec.name] = boundary(wh, spec) or BEGINNING
-            if target.type == "duckdb":
-                # Fetched now, validated after the connection is closed: DuckDB allows one
-                # writing process per file and the cycle's dbt runs may come next.
-                params = {"since": boundaries[spec.name]} if spec.scope_column else None
-                try:
-                    frames[spec.name] = wh.query_df(spec.batch_sql, params)
-                except WarehouseError as exc:  # e.g. raw lost a column staging reads
-                    checks.append(_suite_check(spec, "error", f"cannot read the batch: {exc}"))
-                    continue
+            # A batch the engine cannot even plan (e.g. raw lost a column staging reads) is
+            # one critical `batch_readable`, not an error per expectation. No row is read.
+            try:
+                wh.query(
+                    f"select * from ({spec.batch_sql}) as batch limit 0",  # noqa: S608 - committed SQL
+                    {"since": boundaries[spec.name]} if spec.scope_column else None,
+                )
+            except WarehouseError as exc:
+                checks.append(_suite_check(spec, "error", f"cannot read the batch: {exc}"))
+                continue
             readable.append(spec)
 
     rows_by_suite: dict[str, int | None] = {}
-    # One GX context per batch boundary (on PostgreSQL the boundary is a connection setting).
+    # One GX context per batch boundary (the boundary is a session setting of the engine).
     for bound in sorted({boundaries[spec.name] for spec in readable}):
-        env = postgres_runtime_environment(target, bound) if target.type == "postgres" else None
-        with gx_context(env) as context:
+        if target.type == "postgres":
+            env, session = postgres_runtime_environment(target, bound), nullcontext()
+        else:
+            env, session = duckdb_runtime_environment(target), duckdb_session(bound)
+        with session, gx_context(env) as context:
             for spec in (s for s in readable if boundaries[s.name] == bound):
                 try:
-                    suite_checks, rows = _validate_suite(
-                        context, target, spec, run_id, checked_at, frames.get(spec.name)
-                    )
+                    suite_checks, rows = _validate_suite(context, target, spec, run_id, checked_at)
                 except QualityError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - GX could not load the batch at all
@@ -241,7 +310,6 @@ def _validate_suite(
     spec: SuiteSpec,
     run_id: str,
     checked_at: datetime,
-    frame: pd.DataFrame | None,
 ) -> tuple[list[CheckResult], int | None]:
     """Run the suite's committed checkpoint (validation + Data Docs page) on its batch."""
     # GX takes seconds to import; only a validation needs it (`water status` stays fast).
@@ -255,21 +323,18 @@ def _validate_suite(
             f"checkpoint {name} missing from {gx_project_root() / 'gx'}: "
             f"run `python expectations/build_suites.py` ({_first_line(exc)})"
         ) from exc
-    outcome = checkpoint.run(
-        batch_parameters={"dataframe": frame} if frame is not None else None,
-        run_id=RunIdentifier(run_name=run_id, run_time=checked_at),
-    )
+    outcome = checkpoint.run(run_id=RunIdentifier(run_name=run_id, run_time=checked_at))
     checks: list[CheckResult] = []
-    counted: list[int] = [len(frame)] if frame is not None else []
+    counted: list[int] = []
     for validation in outcome.run_results.values():
         for result in validation.results:
             checks.append(_check_from_result(spec.name, result))
-            # On PostgreSQL the batch size comes back with the results.
+            # The batch size comes back with the results (the engine counted it).
             details = result.result or {}
             for value in (details.get("element_count"), _row_count(result)):
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     counted.append(int(value))
-    return checks, (counted[0] if frame is not None else max(counted, default=None))
+    return checks, max(counted, default=None)
 
 
 def _row_count(result: Any) -> Any:

@@ -32,6 +32,9 @@ PG_SINCE_SETTING = "water.gx_since"
 
 
 PG_SINCE_SQL = f"cast(current_setting('{PG_SINCE_SETTING}') as timestamptz)"
+# The DuckDB session variable the committed DuckDB query assets read the boundary from.
+DUCKDB_SINCE_VARIABLE = "water_gx_since"
+DUCKDB_SINCE_SQL = f"cast(getvariable('{DUCKDB_SINCE_VARIABLE}') as timestamptz)"
 
 
 GX_ENGINES = ("duckdb", "postgres")
@@ -45,8 +48,8 @@ class QualityError(RuntimeError):
 
 
 # -- the batches the suites check ----------------------------------------------------------
-# One SELECT per suite, written once: `%(since)s` is bound as a parameter on DuckDB and
-# replaced by PG_SINCE_SQL in the committed PostgreSQL query assets. Derived columns
+# One SELECT per suite, written once: `%(since)s` is replaced by the session's boundary in
+# the committed query assets (PG_SINCE_SQL, DUCKDB_SINCE_SQL). Derived columns
 # (`*_minus_*`, offsets, gaps) let plain column expectations express row rules on both
 # engines; their names say what they measure.
 @dataclass(frozen=True)
@@ -230,9 +233,10 @@ STAGES: dict[str, tuple[str, ...]] = {
 }
 
 
-def postgres_batch_sql(spec: SuiteSpec) -> str:
-    """The committed PostgreSQL query: the boundary comes from the connection setting."""
-    return spec.batch_sql.replace("%(since)s", PG_SINCE_SQL).strip()
+def engine_batch_sql(spec: SuiteSpec, engine: str) -> str:
+    """The committed query of one engine: the boundary comes from the session."""
+    since = {"postgres": PG_SINCE_SQL, "duckdb": DUCKDB_SINCE_SQL}[engine]
+    return spec.batch_sql.replace("%(since)s", since).strip()
 
 
 # -- the GX project ------------------------------------------------------------------------
@@ -264,3 +268,8 @@ def postgres_runtime_environment(target: Target, since: datetime) -> dict[str, s
         "PGPASSWORD": urllib.parse.quote(os.environ.get("PGPASSWORD", ""), safe=""),
         "WATER_GX_PG_OPTIONS": urllib.parse.quote(options, safe=""),
     }
+
+
+def duckdb_runtime_environment(target: Target) -> dict[str, str]:
+    """The value of the committed DuckDB datasource's `${WATER_GX_DUCKDB_PATH}`."""
+    return {"WATER_GX_DUCKDB_PATH": str(target.duckdb_path or "")}

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,30 @@ class DbtOutcome:
     failures: list[str] = field(default_factory=list)
     node_timings: dict[str, float] = field(default_factory=dict)
     rows_affected: dict[str, int] = field(default_factory=dict)
+
+
+# A cycle's data tests check what it built: rows loaded after its watermark and rows its dbt
+# run (re)computed after `build_start` (the database clock when the build began); unset,
+# every test checks the whole table (`dbt build`, the daily job, CI). Environment values,
+# not --vars: changed vars make dbt re-parse the project every cycle. Read by the macro
+# get_where_subquery (dbt_project/macros/get_where_subquery.sql).
+TEST_SCOPE_ENV = ("WATER_TEST_SCOPE_WATERMARK", "WATER_TEST_SCOPE_BUILD_START")
+
+
+@contextmanager
+def test_scope(watermark: datetime | None, build_start: datetime | None = None) -> Iterator[None]:
+    """Scope the data tests of the dbt runs inside (None, None: whole tables)."""
+    saved = {key: os.environ.pop(key, None) for key in TEST_SCOPE_ENV}
+    for key, value in zip(TEST_SCOPE_ENV, (watermark, build_start), strict=True):
+        if value is not None:
+            os.environ[key] = value.astimezone(UTC).isoformat()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from flows.kernel.dbt_runner import DbtError, run_dbt, test_scope
 from flows.kernel.jsonable import jsonable
 from flows.kernel.runtime import utcnow
 from flows.kernel.settings import Target
@@ -13,6 +14,7 @@ from flows.pipeline.jobs import (
 )
 from flows.pipeline.results import CycleResult, StepRecord
 from flows.pipeline.run import Run
+from flows.pipeline.steps import CYCLE_DBT_ARGS
 from ml.evaluation import evaluate
 from ml.training import train
 
@@ -39,6 +41,8 @@ def run_model_job(
     with run.closing():
         if kind == "evaluation":
             run.step("evaluate", _evaluate, target)
+            # Cycles test only what they built; the daily job tests every table whole.
+            run.step("data_tests", full_data_tests, target)
         else:
             run.step("train", _train, target, model_type)
         run.job.summary["model_type"] = model_type
@@ -53,6 +57,15 @@ def run_model_job(
 def _evaluate(target: Target) -> StepRecord:
 
     return StepRecord("ok", detail={"result": jsonable(evaluate(target))})
+
+
+def full_data_tests(target: Target) -> StepRecord:
+    """Every dbt data test on whole tables (no cycle scope); a failure fails the job."""
+    with test_scope(None, None):
+        outcome = run_dbt(target, "test", list(CYCLE_DBT_ARGS), raise_on_failure=False)
+    if not outcome.success:
+        raise DbtError("full-table data tests failed: " + "; ".join(outcome.failures))
+    return StepRecord("ok", detail={"tests": len(outcome.node_timings)})
 
 
 def _train(target: Target, model_type: str | None) -> StepRecord:

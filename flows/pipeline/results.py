@@ -40,6 +40,9 @@ class Scope:
     data_end: datetime | None = None
     metadata_watermark: datetime | None = None
     metadata_at: datetime | None = None
+    # Database clock when this run's dbt build began: the marts gate and the data tests check
+    # the rows rebuilt after it (None: the first build, everything).
+    build_start: datetime | None = None
 
 
 @dataclass

@@ -18,7 +18,13 @@ from expectations.gate import gate
 from expectations.results import ensure_quality_table
 from flows.kernel import progress, read_snapshot
 from flows.kernel.contracts import STAGING_SCHEMA
-from flows.kernel.dbt_runner import DbtError, DbtOutcome, release_duckdb_file, run_dbt
+from flows.kernel.dbt_runner import (
+    DbtError,
+    DbtOutcome,
+    release_duckdb_file,
+    run_dbt,
+    test_scope,
+)
 from flows.kernel.jsonable import jsonable
 from flows.kernel.raw_store import ensure_raw_tables
 from flows.kernel.runtime import new_job_id, utcnow
@@ -286,9 +292,9 @@ class Run:
         return None
 
     def gate(self, stage: str, scope: Scope) -> StepRecord:
-        result = gate(
-            self.target, stage, run_id=self.result.cycle_id, since_loaded_at=scope.watermark
-        )
+        # Raw: the rows loaded after the watermark; marts: the rows this run's dbt rebuilt.
+        since = scope.build_start if stage == "marts" and scope.build_start else scope.watermark
+        result = gate(self.target, stage, run_id=self.result.cycle_id, since_loaded_at=since)
         detail = {
             "checked_rows": getattr(result, "checked_rows", None),
             "warnings": jsonable(getattr(result, "warnings", [])),
@@ -308,7 +314,14 @@ class Run:
                 "skipped", detail={"reason": "no new raw rows since the last completed run"}
             )
         _ensure_ml_tables(self.target)
-        outcome = self.steps.dbt_build(self.target)
+        # Data tests check what this cycle built (rows loaded after the watermark, rows
+        # rebuilt from now on, by the database clock); the first build, the daily job and
+        # CI test whole tables.
+        if scope.watermark is not None:
+            with open_warehouse(self.target) as wh:
+                scope.build_start = wh.scalar("select current_timestamp")
+        with test_scope(scope.watermark, scope.build_start):
+            outcome = self.steps.dbt_build(self.target)
         self.result.dbt = outcome
         if not outcome.success:
             raise DbtError("dbt build failed: " + "; ".join(outcome.failures))

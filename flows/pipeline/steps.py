@@ -36,6 +36,7 @@ STEP_TIMEOUTS_S = {
     "ml_scoring": 1800,
     "publish": 300,
     "evaluate": 3600,
+    "data_tests": 3600,
     "train": 3 * 3600,
 }
 
