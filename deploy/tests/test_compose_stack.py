@@ -186,6 +186,15 @@ def drop_firewall_rules(subnets: list[str]) -> None:
     for table, chain in chains:
         run("iptables", "-t", table, "-F", chain, check=False)
         run("iptables", "-t", table, "-X", chain, check=False)
+    for chain in empty_port_chains():  # a removed container's port-forward chain, left empty
+        run("iptables", "-t", "nat", "-X", chain, check=False)
+
+
+def empty_port_chains() -> list[str]:
+    lines = run("iptables", "-t", "nat", "-S", check=False).stdout.splitlines()
+    chains = [line.split()[1] for line in lines if line.startswith("-N NETAVARK-DN-")]
+    return [c for c in chains if not any(line.split()[1:2] == [c] for line in lines if line.startswith("-A "))
+            and not any(line.endswith(f"-j {c}") for line in lines)]  # fmt: skip
 
 
 def stack_subnets() -> list[str]:
@@ -319,3 +328,4 @@ def test_teardown_leaves_nothing_behind(stack):
         assert not left, f"{kind}s left behind: {left}"
     assert SUBNETS, "the stack's network was never seen"
     assert not firewall_rules(SUBNETS), firewall_rules(SUBNETS)
+    assert not empty_port_chains(), empty_port_chains()
