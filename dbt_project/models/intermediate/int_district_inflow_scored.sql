@@ -168,6 +168,30 @@ complete_windows as (
 
 ),
 
+{# Each past window serves the slots within the margin of its own: an equality join on the
+    slot (a hash join on every engine) instead of a range join. #}
+slot_offsets as (
+
+    {% for offset in range(-margin, margin + 1) %}
+    select {{ offset }} as slot_offset
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
+
+),
+
+history as (
+
+    select
+        complete_windows.district,
+        complete_windows.local_date,
+        complete_windows.is_weekend,
+        complete_windows.residual_lps,
+        complete_windows.slot_of_day + slot_offsets.slot_offset as serves_slot
+    from complete_windows
+    cross join slot_offsets
+
+),
+
 baseline_samples as (
 
     select
@@ -175,13 +199,12 @@ baseline_samples as (
         complete_windows.window_epoch,
         history.residual_lps
     from complete_windows
-    inner join complete_windows as history
+    inner join history
         on complete_windows.district = history.district
+        and complete_windows.is_weekend = history.is_weekend
+        and complete_windows.slot_of_day = history.serves_slot
         and complete_windows.local_date > history.local_date
         and {{ add_days('complete_windows.local_date', -baseline_days) }} <= history.local_date
-        and complete_windows.is_weekend = history.is_weekend
-        and history.slot_of_day between complete_windows.slot_of_day - {{ margin }}
-        and complete_windows.slot_of_day + {{ margin }}
 
 ),
 
