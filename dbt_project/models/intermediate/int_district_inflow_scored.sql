@@ -24,8 +24,6 @@
 {%- set baseline_days = var('burst_baseline_days') -%}
 {%- set margin = var('burst_baseline_slot_margin') -%}
 {%- set thresholds = var('burst_thresholds') -%}
-{%- set holidays_ref = ref('italian_public_holidays') -%}
-{%- set holidays_relation = load_relation(holidays_ref) if execute and holidays_ref.schema else none -%}
 
 with
 
@@ -53,13 +51,7 @@ meters as (
 holidays as (
 
     -- depends_on: {{ ref('italian_public_holidays') }}
-    {% if holidays_relation is not none -%}
-    select holiday_date from {{ ref('italian_public_holidays') }}
-    {%- else -%}
-    select cast(null as date) as holiday_date
-    from (select 1 as one) as no_holidays
-    where 1 = 0
-    {%- endif %}
+    {{ public_holidays() }}
 
 ),
 

@@ -26,8 +26,6 @@
 {%- set days = var('night_flow_baseline_days') -%}
 {%- set start_hour = var('night_flow_start_hour') -%}
 {%- set end_hour = var('night_flow_end_hour') -%}
-{%- set holidays_ref = ref('italian_public_holidays') -%}
-{%- set holidays_relation = load_relation(holidays_ref) if execute and holidays_ref.schema else none -%}
 
 with
 
@@ -50,13 +48,7 @@ meters as (
 holidays as (
 
     -- depends_on: {{ ref('italian_public_holidays') }}
-    {% if holidays_relation is not none -%}
-    select holiday_date from {{ ref('italian_public_holidays') }}
-    {%- else -%}
-    select cast(null as date) as holiday_date
-    from (select 1 as one) as no_holidays
-    where 1 = 0
-    {%- endif %}
+    {{ public_holidays() }}
 
 ),
 

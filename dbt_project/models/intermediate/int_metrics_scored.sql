@@ -31,10 +31,8 @@
 {%- set default_cadence = var('default_expected_cadence_s') -%}
 {%- set default_lookback = [max_gap, 2 * stuck_n * default_cadence] | max -%}
 {#- A public holiday is its own day type: its windows are judged against the previous week's
-    Sunday baseline (holidays count as Sundays, as in ml_features). The seed is read only if
-    it was built (`dbt build` / `dbt seed` do; a bare `dbt run` without it knows no holidays). -#}
-{%- set holidays_ref = ref('italian_public_holidays') -%}
-{%- set holidays_relation = load_relation(holidays_ref) if execute and holidays_ref.schema else none -%}
+    Sunday baseline (here holidays count as Sundays; ml_features learns them as a day type of
+    their own). Holidays come from macro public_holidays. -#}
 
 with
 
@@ -67,13 +65,7 @@ windows as (
 holidays as (
 
     -- depends_on: {{ ref('italian_public_holidays') }}
-    {% if holidays_relation is not none -%}
-    select holiday_date from {{ ref('italian_public_holidays') }}
-    {%- else -%}
-    select cast(null as date) as holiday_date
-    from (select 1 as one) as no_holidays
-    where 1 = 0
-    {%- endif %}
+    {{ public_holidays() }}
 
 ),
 
